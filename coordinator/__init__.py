@@ -1,0 +1,3 @@
+"""Labelweave coordinator: commands in, events out, over gRPC."""
+
+__version__ = "0.1.0"

@@ -1,0 +1,200 @@
+"""Commands: what a caller asks for. Ids and the current time are chosen by the caller
+(the application service), so `decide` stays deterministic."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime
+
+from coordinator._pb.labelweave.events.v1 import annotation_pb2, model_pb2
+
+# ------------------------------------------------------------------ projects
+
+
+@dataclass(frozen=True)
+class CreateProject:
+    project_id: str
+    name: str
+    description: str
+    settings: model_pb2.ProjectSettings
+
+
+@dataclass(frozen=True)
+class UpdateProjectSettings:
+    project_id: str
+    settings: model_pb2.ProjectSettings
+
+
+@dataclass(frozen=True)
+class PublishLabelSchema:
+    project_id: str
+    schema: model_pb2.LabelSchema  # version is assigned by decide: previous + 1
+
+
+@dataclass(frozen=True)
+class PublishGuideline:
+    project_id: str
+    guideline: model_pb2.Guideline  # version is assigned by decide: previous + 1
+
+
+@dataclass(frozen=True)
+class AddProjectMember:
+    project_id: str
+    person_id: str
+
+
+@dataclass(frozen=True)
+class RemoveProjectMember:
+    project_id: str
+    person_id: str
+
+
+ProjectCommand = (
+    CreateProject | UpdateProjectSettings | PublishLabelSchema | PublishGuideline | AddProjectMember | RemoveProjectMember
+)
+
+# ------------------------------------------------------------------ people
+
+
+@dataclass(frozen=True)
+class RegisterPerson:
+    spec: model_pb2.PersonSpec
+
+
+@dataclass(frozen=True)
+class UpdatePerson:
+    spec: model_pb2.PersonSpec
+
+
+@dataclass(frozen=True)
+class IssueToken:
+    person_id: str
+    token_id: str
+    token_sha256: str
+    description: str
+    expires_at: datetime | None
+
+
+@dataclass(frozen=True)
+class RevokeToken:
+    person_id: str
+    token_id: str
+
+
+PersonCommand = RegisterPerson | UpdatePerson | IssueToken | RevokeToken
+
+# ------------------------------------------------------------------ tasks
+
+
+@dataclass(frozen=True)
+class ImportTask:
+    project_id: str
+    batch_id: str
+    spec: model_pb2.TaskSpec  # overlap already resolved (>= 1)
+    review_policy: model_pb2.ReviewPolicy.ValueType
+    lease_seconds: int
+
+
+@dataclass(frozen=True)
+class IngestPrelabel:
+    task_id: str
+    prelabel_id: str
+    annotation: annotation_pb2.Annotation
+
+
+@dataclass(frozen=True)
+class LeaseTask:
+    task_id: str
+    lease_id: str
+    person_id: str
+    person_skills: frozenset[str]
+    now: datetime
+
+
+@dataclass(frozen=True)
+class ReleaseLease:
+    task_id: str
+    lease_id: str
+    person_id: str
+    reason: str
+
+
+@dataclass(frozen=True)
+class ExpireLease:
+    task_id: str
+    lease_id: str
+    now: datetime
+
+
+@dataclass(frozen=True)
+class SubmitAnnotation:
+    task_id: str
+    lease_id: str
+    person_id: str
+    annotation_id: str
+    annotation: annotation_pb2.Annotation  # validated at the boundary
+    label_schema_version: int
+    guideline_version: int
+    time_on_task_ms: int
+    now: datetime
+
+
+@dataclass(frozen=True)
+class EditAnnotation:
+    task_id: str
+    annotation_id: str
+    expected_version: int
+    person_id: str
+    annotation: annotation_pb2.Annotation
+    label_schema_version: int
+    guideline_version: int
+
+
+@dataclass(frozen=True)
+class ReviewAnnotation:
+    task_id: str
+    annotation_id: str
+    version: int
+    reviewer_id: str
+    verdict: model_pb2.Verdict.ValueType
+    reason_codes: tuple[str, ...]
+    comment: str
+    correction: annotation_pb2.Annotation | None
+    allowed_reasons: frozenset[str]
+    label_schema_version: int
+    guideline_version: int
+
+
+@dataclass(frozen=True)
+class ReopenTask:
+    task_id: str
+    reason: str
+
+
+@dataclass(frozen=True)
+class AbandonAnnotation:
+    task_id: str
+    annotation_id: str
+    person_id: str
+    reason: str
+
+
+TaskCommand = (
+    ImportTask
+    | IngestPrelabel
+    | LeaseTask
+    | ReleaseLease
+    | ExpireLease
+    | SubmitAnnotation
+    | EditAnnotation
+    | ReviewAnnotation
+    | ReopenTask
+    | AbandonAnnotation
+)
+
+
+@dataclass(frozen=True)
+class Actor:
+    user_id: str
+    role: model_pb2.Role.ValueType = model_pb2.ROLE_UNSPECIFIED
+    roles: frozenset[int] = field(default_factory=frozenset)

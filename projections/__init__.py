@@ -1,0 +1,1 @@
+"""Projections: read models built from the event log by pure view functions."""

@@ -1,0 +1,163 @@
+"""The projection-store port and the view contract.
+
+A store holds documents in named collections, each addressed by a partition key `pk` and a
+sort key `sk` (ordered lexicographically within a partition). This maps one-to-one onto SQLite
+(`PRIMARY KEY (collection, pk, sk)`) and Cassandra (`PRIMARY KEY ((collection, pk), sk)`), so
+every query a view needs is a point read or an ordered range scan of one partition.
+
+Values are JSON-compatible dicts. The store keeps, per consumer, a checkpoint
+(partition → last offset applied) written *in the same atomic write* as the rows it covers,
+so a restart neither repeats nor skips an event.
+"""
+
+from __future__ import annotations
+
+import abc
+import hashlib
+import json
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from coordinator.eventlog.base import Checkpoint, RecordedEvent
+
+Doc = dict[str, Any]
+
+
+@dataclass(frozen=True)
+class Put:
+    collection: str
+    pk: str
+    sk: str
+    value: Doc
+
+
+@dataclass(frozen=True)
+class Delete:
+    collection: str
+    pk: str
+    sk: str
+
+
+Change = Put | Delete
+
+
+def canonical_json(value: Doc) -> str:
+    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+
+
+class ProjectionStore(abc.ABC):
+    """Thread-safe document store with ordered partitions and per-consumer checkpoints."""
+
+    url: str
+
+    @abc.abstractmethod
+    def get(self, collection: str, pk: str, sk: str = "") -> Doc | None: ...
+
+    @abc.abstractmethod
+    def scan(
+        self,
+        collection: str,
+        pk: str,
+        *,
+        start: str = "",
+        end: str | None = None,
+        limit: int | None = None,
+        reverse: bool = False,
+    ) -> list[tuple[str, Doc]]:
+        """(sk, value) pairs with start <= sk < end, ordered by sk (descending if reverse)."""
+
+    @abc.abstractmethod
+    def commit(self, consumer: str, changes: Sequence[Change], checkpoint: Checkpoint) -> None:
+        """Apply `changes` in order and record `checkpoint` for `consumer`, atomically.
+
+        The checkpoint is merged: partitions not named keep their previous offset.
+        """
+
+    @abc.abstractmethod
+    def checkpoint(self, consumer: str) -> dict[int, int]:
+        """Last committed checkpoint of `consumer` ({} if none)."""
+
+    @abc.abstractmethod
+    def items(self) -> Iterable[tuple[str, str, str, Doc]]:
+        """Every (collection, pk, sk, value), ordered by collection, pk, sk."""
+
+    @abc.abstractmethod
+    def clear(self) -> None:
+        """Drop every row and checkpoint (used by rebuild)."""
+
+    def checksum(self) -> str:
+        """SHA-256 over every row in key order: equal stores have equal checksums."""
+        h = hashlib.sha256()
+        for collection, pk, sk, value in self.items():
+            h.update(f"{collection}\x1f{pk}\x1f{sk}\x1f{canonical_json(value)}\x1e".encode())
+        return h.hexdigest()
+
+    def close(self) -> None:  # noqa: B027 - optional hook
+        """Release resources."""
+
+
+class ViewTx(Protocol):
+    """What a view may do while applying an event: read (seeing its own pending writes) and write."""
+
+    def get(self, collection: str, pk: str, sk: str = "") -> Doc | None: ...
+
+    def put(self, collection: str, pk: str, sk: str, value: Doc) -> None: ...
+
+    def delete(self, collection: str, pk: str, sk: str) -> None: ...
+
+
+class View(Protocol):
+    """A pure view: `apply` reads state through `tx` and writes changes through it; no other I/O.
+
+    `collections` names every collection the view writes; no two views share one.
+    """
+
+    name: str
+    collections: tuple[str, ...]
+
+    def apply(self, event: RecordedEvent, tx: ViewTx) -> None: ...
+
+
+class StagedTx:
+    """A ViewTx over a store that buffers writes, so a batch of events commits at once."""
+
+    def __init__(self, store: ProjectionStore) -> None:
+        self._store = store
+        self._pending: dict[tuple[str, str, str], Doc | None] = {}
+        self._order: list[tuple[str, str, str]] = []
+
+    def get(self, collection: str, pk: str, sk: str = "") -> Doc | None:
+        key = (collection, pk, sk)
+        if key in self._pending:
+            return self._pending[key]
+        return self._store.get(collection, pk, sk)
+
+    def put(self, collection: str, pk: str, sk: str, value: Doc) -> None:
+        key = (collection, pk, sk)
+        if key not in self._pending:
+            self._order.append(key)
+        self._pending[key] = value
+
+    def delete(self, collection: str, pk: str, sk: str) -> None:
+        key = (collection, pk, sk)
+        if key not in self._pending:
+            self._order.append(key)
+        self._pending[key] = None
+
+    def changes(self) -> list[Change]:
+        out: list[Change] = []
+        for key in self._order:
+            value = self._pending[key]
+            out.append(Delete(*key) if value is None else Put(*key, value))
+        return out
+
+    def __len__(self) -> int:
+        return len(self._order)
+
+
+def merge_checkpoint(base: Mapping[int, int], update: Mapping[int, int]) -> dict[int, int]:
+    out = dict(base)
+    for part, off in update.items():
+        out[part] = max(off, out.get(part, 0))
+    return out
