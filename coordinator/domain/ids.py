@@ -14,7 +14,7 @@ from google.protobuf.timestamp_pb2 import Timestamp
 
 from coordinator.errors import InvalidArgument
 
-ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"
+ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$"
 _ID_RE = re.compile(ID_PATTERN)
 
 
@@ -28,7 +28,7 @@ def check_id(value: str, field: str) -> None:
         raise InvalidArgument("required", field=field)
     if not is_valid_id(value):
         raise InvalidArgument(
-            f"{value!r} is not a valid id: 1-64 characters from A-Z a-z 0-9 . _ -,"
+            f"{value!r} is not a valid id: 1-128 characters from A-Z a-z 0-9 . _ -,"
             " starting with a letter or digit",
             field=field,
         )
