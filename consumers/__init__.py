@@ -1,0 +1,1 @@
+"""Consumers of the event log: the projection runner and the rebuild tool."""

@@ -1,0 +1,217 @@
+"""SQLite projection store (`sqlite:///path/projections.db`).
+
+One table of documents keyed `(collection, pk, sk)` (WITHOUT ROWID, so a partition scan is a
+range read of the primary key) and one table of per-consumer checkpoints.
+
+Durability: the database runs in WAL mode with `synchronous=NORMAL`. A power cut may lose the
+last few committed batches, which is fine for projections: they are derived data and are
+rebuilt (or simply caught up) from the event log. What must never happen — rows without their
+checkpoint or a checkpoint without its rows — cannot: both are written in one transaction, so
+after any crash the store is at *some* consistent checkpoint and the runner resumes from it.
+
+Readers use one connection per thread (WAL readers never block the writer nor each other);
+all writes go through one lock-guarded connection.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import sqlite3
+import threading
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+
+from coordinator.errors import InvalidArgument
+from coordinator.eventlog.base import Checkpoint
+from projections.base import Change, Delete, Doc, ProjectionStore, Put
+from projections.jsonfast import compact_json
+
+_dumps = compact_json
+_loads = json.loads
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS docs (
+    collection TEXT NOT NULL,
+    pk TEXT NOT NULL,
+    sk TEXT NOT NULL,
+    value TEXT NOT NULL,
+    PRIMARY KEY (collection, pk, sk)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS checkpoints (
+    consumer TEXT NOT NULL,
+    "partition" INTEGER NOT NULL,
+    "offset" INTEGER NOT NULL,
+    PRIMARY KEY (consumer, "partition")
+) WITHOUT ROWID;
+"""
+
+_PREFIX = "sqlite:///"
+
+
+def path_of(url: str) -> str:
+    """`sqlite:///rel.db` → `rel.db`; `sqlite:////abs/p.db` → `/abs/p.db` (a `?query` is ignored)."""
+    path = url[len(_PREFIX) :].split("?", 1)[0] if url.startswith(_PREFIX) else ""
+    if not path:
+        raise InvalidArgument(
+            f"not a SQLite store URL: {url!r} (expected sqlite:///path/projections.db)", field="store"
+        )
+    return path
+
+
+class SqliteStore(ProjectionStore):
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self._path = path_of(url)
+        if self._path != ":memory:":
+            Path(self._path).parent.mkdir(parents=True, exist_ok=True)
+        else:
+            raise InvalidArgument(
+                "sqlite :memory: cannot be shared between threads; use memory://", field="store"
+            )
+        self._write_lock = threading.Lock()
+        self._local = threading.local()
+        self._conns: list[sqlite3.Connection] = []
+        self._conns_lock = threading.Lock()
+        self._closed = False
+        self._writer = self._connect()
+        self._writer.execute("PRAGMA journal_mode=WAL")
+        self._writer.executescript(_SCHEMA)
+
+    # ------------------------------------------------------------------ connections
+
+    def _connect(self) -> sqlite3.Connection:
+        conn = sqlite3.connect(self._path, isolation_level=None, check_same_thread=False, timeout=30.0)
+        conn.execute("PRAGMA synchronous=NORMAL")
+        conn.execute("PRAGMA busy_timeout=30000")
+        conn.execute("PRAGMA cache_size=-65536")  # 64 MiB
+        conn.execute("PRAGMA temp_store=MEMORY")
+        with self._conns_lock:
+            self._conns.append(conn)
+        return conn
+
+    def _reader(self) -> sqlite3.Connection:
+        conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
+        if conn is None:
+            if self._closed:
+                raise sqlite3.ProgrammingError("store is closed")
+            conn = self._connect()
+            self._local.conn = conn
+        return conn
+
+    # ------------------------------------------------------------------ reads
+
+    def get(self, collection: str, pk: str, sk: str = "") -> Doc | None:
+        row = (
+            self._reader()
+            .execute("SELECT value FROM docs WHERE collection=? AND pk=? AND sk=?", (collection, pk, sk))
+            .fetchone()
+        )
+        return None if row is None else _loads(row[0])
+
+    def scan(
+        self,
+        collection: str,
+        pk: str,
+        *,
+        start: str = "",
+        end: str | None = None,
+        limit: int | None = None,
+        reverse: bool = False,
+    ) -> list[tuple[str, Doc]]:
+        if limit is not None and limit <= 0:
+            return []
+        sql = "SELECT sk, value FROM docs WHERE collection=? AND pk=? AND sk>=?"
+        args: list[object] = [collection, pk, start]
+        if end is not None:
+            sql += " AND sk<?"
+            args.append(end)
+        sql += " ORDER BY sk DESC" if reverse else " ORDER BY sk"
+        if limit is not None:
+            sql += " LIMIT ?"
+            args.append(limit)
+        rows = self._reader().execute(sql, args).fetchall()
+        return [(sk, _loads(value)) for sk, value in rows]
+
+    def checkpoint(self, consumer: str) -> dict[int, int]:
+        rows = (
+            self._reader()
+            .execute('SELECT "partition", "offset" FROM checkpoints WHERE consumer=?', (consumer,))
+            .fetchall()
+        )
+        return {int(p): int(o) for p, o in rows}
+
+    def items(self) -> Iterable[tuple[str, str, str, Doc]]:
+        # A dedicated connection and one read transaction: a consistent snapshot even while
+        # the writer commits, and no interference with this thread's point reads.
+        conn = sqlite3.connect(self._path, isolation_level=None, check_same_thread=False)
+        try:
+            conn.execute("BEGIN")
+            cur = conn.execute("SELECT collection, pk, sk, value FROM docs ORDER BY collection, pk, sk")
+            while True:
+                rows = cur.fetchmany(2000)
+                if not rows:
+                    break
+                for collection, pk, sk, value in rows:
+                    yield collection, pk, sk, _loads(value)
+            conn.execute("COMMIT")
+        finally:
+            conn.close()
+
+    # ------------------------------------------------------------------ writes
+
+    def commit(self, consumer: str, changes: Sequence[Change], checkpoint: Checkpoint) -> None:
+        # Only the last change per key matters, so runs collapse into two executemany calls.
+        last: dict[tuple[str, str, str], str | None] = {}
+        for ch in changes:
+            if isinstance(ch, Put):
+                last[(ch.collection, ch.pk, ch.sk)] = _dumps(ch.value)
+            elif isinstance(ch, Delete):
+                last[(ch.collection, ch.pk, ch.sk)] = None
+            else:  # pragma: no cover - defensive
+                raise TypeError(f"not a change: {ch!r}")
+        # Key order makes the B-tree writes sequential (much faster for big batches).
+        puts = sorted((c, p, s, v) for (c, p, s), v in last.items() if v is not None)
+        deletes = sorted(key for key, v in last.items() if v is None)
+        cps = [(consumer, int(p), int(o)) for p, o in checkpoint.items()]
+        with self._write_lock:
+            conn = self._writer
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                if deletes:
+                    conn.executemany("DELETE FROM docs WHERE collection=? AND pk=? AND sk=?", deletes)
+                if puts:
+                    conn.executemany(
+                        "INSERT OR REPLACE INTO docs (collection, pk, sk, value) VALUES (?,?,?,?)", puts
+                    )
+                if cps:
+                    conn.executemany(
+                        'INSERT INTO checkpoints (consumer, "partition", "offset") VALUES (?,?,?) '
+                        'ON CONFLICT (consumer, "partition") '
+                        'DO UPDATE SET "offset"=max("offset", excluded."offset")',
+                        cps,
+                    )
+                conn.execute("COMMIT")
+            except BaseException:
+                conn.execute("ROLLBACK")
+                raise
+
+    def clear(self) -> None:
+        with self._write_lock:
+            conn = self._writer
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                conn.execute("DELETE FROM docs")
+                conn.execute("DELETE FROM checkpoints")
+                conn.execute("COMMIT")
+            except BaseException:
+                conn.execute("ROLLBACK")
+                raise
+
+    def close(self) -> None:
+        self._closed = True
+        with self._conns_lock:
+            conns, self._conns = self._conns, []
+        for conn in conns:
+            with contextlib.suppress(sqlite3.Error):
+                conn.close()

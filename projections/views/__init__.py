@@ -1,0 +1,17 @@
+"""The views the service reads; each owns its collections (see each module's docstring)."""
+
+from __future__ import annotations
+
+from projections.base import View
+from projections.views.directory import DirectoryView
+from projections.views.history import HistoryView
+from projections.views.metrics import MetricsView
+from projections.views.queue import QueueView
+from projections.views.tasks import TasksView
+
+__all__ = ["DirectoryView", "HistoryView", "MetricsView", "QueueView", "TasksView", "default_views"]
+
+
+def default_views() -> list[View]:
+    """Fresh instances of every view, in a fixed order."""
+    return [TasksView(), QueueView(), MetricsView(), HistoryView(), DirectoryView()]
