@@ -36,7 +36,9 @@ class Position:
             part, off = text.split(":")
             pos = cls(int(part), int(off))
         except ValueError:
-            raise InvalidArgument(f"not a log position: {text!r} (expected PARTITION:OFFSET)", field=field_name) from None
+            raise InvalidArgument(
+                f"not a log position: {text!r} (expected PARTITION:OFFSET)", field=field_name
+            ) from None
         if pos.partition < 0 or pos.offset < 0:
             raise InvalidArgument(f"not a log position: {text!r}", field=field_name)
         return pos
@@ -128,8 +130,11 @@ class EventLog(abc.ABC):
         """
 
     @abc.abstractmethod
-    def outcome(self, command_id: str) -> AppendResult | None:
-        """The first outcome of `command_id`, or None if it never appended anything."""
+    def outcome(self, command_id: str, fingerprint: str = "") -> AppendResult | None:
+        """The first outcome of `command_id`, or None if it never appended anything.
+
+        Raises `CommandReused` if both fingerprints are set and differ, exactly as append does.
+        """
 
     @abc.abstractmethod
     def read_stream(self, stream_id: str, after_version: int = 0) -> list[RecordedEvent]:
@@ -155,7 +160,12 @@ class EventLog(abc.ABC):
         return sorted(self.head())
 
     def subscribe(
-        self, after: Checkpoint, *, follow: bool = True, poll: float = 0.5, batch: int = 500,
+        self,
+        after: Checkpoint,
+        *,
+        follow: bool = True,
+        poll: float = 0.5,
+        batch: int = 500,
         stopped: object = None,
     ) -> Iterator[RecordedEvent]:
         """Every event after `after`, then (with follow) new ones as they arrive.

@@ -22,7 +22,7 @@ SCHEMA_VERSION = 1
 """Schema version written on new events; bump per payload type in `PAYLOAD_SCHEMA_VERSIONS`."""
 
 _ONEOF = events_pb2.EventEnvelope.DESCRIPTOR.oneofs_by_name["payload"]
-TYPE_BY_MESSAGE: dict[str, str] = {f.message_type.full_name: f.name for f in _ONEOF.fields}
+TYPE_BY_MESSAGE: dict[str, str] = {f.message_type.full_name: f.name for f in _ONEOF.fields if f.message_type}
 """Full protobuf message name → envelope field name (the event type)."""
 EVENT_TYPES: frozenset[str] = frozenset(TYPE_BY_MESSAGE.values())
 PAYLOAD_SCHEMA_VERSIONS: dict[str, int] = {t: SCHEMA_VERSION for t in EVENT_TYPES}

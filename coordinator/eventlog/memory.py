@@ -160,7 +160,7 @@ class MemoryEventLog(EventLog):
 
     # ------------------------------------------------------------------ reads
 
-    def outcome(self, command_id: str) -> AppendResult | None:
+    def outcome(self, command_id: str, fingerprint: str = "") -> AppendResult | None:
         if not command_id:
             return None
         with self._cond:
@@ -168,6 +168,10 @@ class MemoryEventLog(EventLog):
             prior = self._commands.get(command_id)
             if prior is None:
                 return None
+            if fingerprint and prior.fingerprint and fingerprint != prior.fingerprint:
+                raise CommandReused(
+                    f"command_id {command_id!r} was used before for a different command", field="command_id"
+                )
             stored = self._events[prior.first_offset - 1 : prior.last_offset]
         return AppendResult(self._decode(stored, prior.first_offset), duplicate=True)
 

@@ -442,14 +442,18 @@ class SqliteEventLog(EventLog):
 
     # ------------------------------------------------------------------ reads
 
-    def outcome(self, command_id: str) -> AppendResult | None:
+    def outcome(self, command_id: str, fingerprint: str = "") -> AppendResult | None:
         if not command_id:
             return None
         rows = self._query(
-            "SELECT first_offset, last_offset FROM commands WHERE command_id = ?", (command_id,)
+            "SELECT first_offset, last_offset, fingerprint FROM commands WHERE command_id = ?", (command_id,)
         )
         if not rows:
             return None
+        if fingerprint and rows[0][2] and fingerprint != rows[0][2]:
+            raise CommandReused(
+                f"command_id {command_id!r} was used before for a different command", field="command_id"
+            )
         return AppendResult(self._read_range(int(rows[0][0]), int(rows[0][1])), duplicate=True)
 
     def read_stream(self, stream_id: str, after_version: int = 0) -> list[RecordedEvent]:
