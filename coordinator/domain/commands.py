@@ -50,7 +50,12 @@ class RemoveProjectMember:
 
 
 ProjectCommand = (
-    CreateProject | UpdateProjectSettings | PublishLabelSchema | PublishGuideline | AddProjectMember | RemoveProjectMember
+    CreateProject
+    | UpdateProjectSettings
+    | PublishLabelSchema
+    | PublishGuideline
+    | AddProjectMember
+    | RemoveProjectMember
 )
 
 # ------------------------------------------------------------------ people

@@ -1,0 +1,869 @@
+"""Use cases behind the gRPC API: authorise, validate, decide, append, answer.
+
+Each mutation is idempotent by `command_id`: the first thing it does is look for a prior
+outcome of that id and, if there is one, rebuild the answer from those events, so a client
+retrying after a lost response gets the very same answer and nothing new is appended.
+Reads of one aggregate (project, person, task) come from the command bus and are therefore
+consistent with the log; lists and queues come from projections (eventually consistent).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator
+from datetime import datetime, timedelta
+
+from google.protobuf.message import Message
+
+from coordinator._pb.labelweave.api.v1 import api_pb2
+from coordinator._pb.labelweave.events.v1 import annotation_pb2, events_pb2, model_pb2
+from coordinator.auth import SYSTEM, Principal, TtlCache, expired, hash_token, new_token
+from coordinator.commandbus import Clock, CommandBus, Outcome, fingerprint
+from coordinator.domain import aggregates
+from coordinator.domain import commands as C
+from coordinator.domain.person import PersonState
+from coordinator.domain.project import ProjectState
+from coordinator.domain.task import TaskState
+from coordinator.domain.validation import validate_annotation, validate_id, validate_task_spec
+from coordinator.errors import (
+    AlreadyExists,
+    FailedPrecondition,
+    InvalidArgument,
+    LabelweaveError,
+    NotFound,
+    PermissionDenied,
+    Unauthenticated,
+)
+from coordinator.eventlog import codec
+from coordinator.eventlog.base import EventLog, Position, format_checkpoint, parse_checkpoint
+from coordinator.metrics import Metrics
+from projections import queries
+from projections.base import ProjectionStore
+
+log = logging.getLogger(__name__)
+R = model_pb2
+
+MANAGE = (R.ROLE_ADMIN, R.ROLE_MANAGER)
+ANNOTATE = (R.ROLE_ANNOTATOR, R.ROLE_EXPERT)
+REVIEW = (R.ROLE_REVIEWER, R.ROLE_QA, R.ROLE_EXPERT)
+READ_ALL = (R.ROLE_ADMIN, R.ROLE_MANAGER, R.ROLE_AUDITOR, R.ROLE_REVIEWER, R.ROLE_QA, R.ROLE_EXPERT)
+EVERYONE = tuple(r for r in R.Role.values() if r != R.ROLE_UNSPECIFIED)
+
+STATUS = {
+    "queued": api_pb2.TASK_STATUS_QUEUED,
+    "in_progress": api_pb2.TASK_STATUS_IN_PROGRESS,
+    "in_review": api_pb2.TASK_STATUS_IN_REVIEW,
+    "done": api_pb2.TASK_STATUS_DONE,
+}
+STATUS_NAME = {v: k for k, v in STATUS.items()}
+ANN_STATUS = {
+    "submitted": api_pb2.ANNOTATION_STATUS_SUBMITTED,
+    "accepted": api_pb2.ANNOTATION_STATUS_ACCEPTED,
+    "rejected": api_pb2.ANNOTATION_STATUS_REJECTED,
+    "abandoned": api_pb2.ANNOTATION_STATUS_ABANDONED,
+    "superseded": api_pb2.ANNOTATION_STATUS_SUPERSEDED,
+}
+MAX_IMPORT = 10_000
+
+
+def _request_fingerprint(method: str, request: Message) -> str:
+    clone = type(request)()
+    clone.CopyFrom(request)
+    if "command_id" in clone.DESCRIPTOR.fields_by_name:
+        clone.ClearField("command_id")
+    return fingerprint(method, clone.SerializeToString(deterministic=True))
+
+
+class Service:
+    def __init__(
+        self,
+        log_: EventLog,
+        store: ProjectionStore,
+        bus: CommandBus,
+        *,
+        clock: Clock,
+        metrics: Metrics,
+        wait_for_projection: object = None,
+    ) -> None:
+        self.log = log_
+        self.store = store
+        self.bus = bus
+        self.clock = clock
+        self.metrics = metrics
+        # callable(Position-string) -> None: blocks until projections applied that position
+        self._wait = wait_for_projection
+        self._principals = TtlCache(ttl=2.0)
+
+    # ------------------------------------------------------------------ helpers
+
+    def authenticate(self, token: str) -> Principal:
+        if not token:
+            raise Unauthenticated("missing bearer token (metadata 'authorization: Bearer <token>')")
+        digest = hash_token(token)
+        cached = self._principals.get(digest)
+        if cached is not None:
+            return cached
+        ref = queries.find_token(self.store, digest)
+        if ref is None or ref.revoked or expired(ref.expires_at, self.clock()):
+            raise Unauthenticated("invalid, expired or revoked token")
+        person = self._person(ref.person_id)
+        principal = Principal(person.person_id, person.roles, person.skills, ref.token_id)
+        self._principals.put(digest, principal)
+        return principal
+
+    def _actor(self, who: Principal) -> C.Actor:
+        return C.Actor(who.person_id, model_pb2.Role.ValueType(who.primary_role), who.roles)
+
+    def _project(self, project_id: str, field: str = "project_id") -> ProjectState:
+        if not project_id:
+            raise InvalidArgument("required", field=field)
+        _, state = self.bus.load(f"project:{project_id}")
+        if not isinstance(state, ProjectState):
+            raise NotFound(f"no project {project_id!r}", field=field)
+        return state
+
+    def _person(self, person_id: str, field: str = "person_id") -> PersonState:
+        if not person_id:
+            raise InvalidArgument("required", field=field)
+        _, state = self.bus.load(f"person:{person_id}")
+        if not isinstance(state, PersonState):
+            raise NotFound(f"no person {person_id!r}", field=field)
+        return state
+
+    def _task(self, task_id: str, field: str = "task_id") -> TaskState:
+        if not task_id:
+            raise InvalidArgument("required", field=field)
+        _, state = self.bus.load(f"task:{task_id}")
+        if not isinstance(state, TaskState):
+            raise NotFound(f"no task {task_id!r}", field=field)
+        return state
+
+    def _member_or_admin(self, who: Principal, project: ProjectState) -> None:
+        if who.sees_everything or who.person_id in project.members:
+            return
+        raise PermissionDenied(f"{who.person_id} is not a member of project {project.project_id}")
+
+    def _may_see_task(self, who: Principal, task: TaskState, project: ProjectState) -> None:
+        if who.sees_everything:
+            return
+        if who.has(R.ROLE_MANAGER, R.ROLE_REVIEWER, R.ROLE_QA, R.ROLE_EXPERT, R.ROLE_ML_CLIENT) and (
+            who.person_id in project.members
+        ):
+            return
+        mine = any(lease.person_id == who.person_id for lease in task.leases.values()) or any(
+            a.author_id == who.person_id for a in task.annotations.values()
+        )
+        if mine and who.person_id in project.members:
+            return
+        raise PermissionDenied(f"task {task.task_id} is not leased to or annotated by {who.person_id}")
+
+    def _exec(
+        self,
+        who: Principal,
+        cmd: C.ProjectCommand | C.PersonCommand | C.TaskCommand,
+        command_id: str,
+        fp: str,
+    ) -> Outcome:
+        return self.bus.execute(cmd, actor=self._actor(who), command_id=command_id, fingerprint=fp)
+
+    def _settle(self, outcome: Outcome) -> None:
+        """Read-your-writes for rare admin changes: wait until projections include them."""
+        if self._wait is not None and outcome.events:
+            self._wait(outcome.events[-1].position)  # type: ignore[operator]
+
+    # ------------------------------------------------------------------ projects
+
+    def project_view(self, state: ProjectState) -> api_pb2.Project:
+        out = api_pb2.Project(
+            project_id=state.project_id,
+            name=state.name,
+            description=state.description,
+            settings=state.settings,
+            members=sorted(state.members),
+            queue_depth=queries.queue_depth(self.store, state.project_id),
+        )
+        if state.label_schema is not None:
+            out.label_schema.CopyFrom(state.label_schema)
+        if state.guideline is not None:
+            out.guideline.CopyFrom(state.guideline)
+        return out
+
+    def _project_mutation(
+        self, who: Principal, method: str, request: Message, cmd: C.ProjectCommand, command_id: str
+    ) -> api_pb2.Project:
+        outcome = self._exec(who, cmd, command_id, _request_fingerprint(method, request))
+        self._settle(outcome)
+        return self.project_view(self._project(cmd.project_id))
+
+    def create_project(self, who: Principal, req: api_pb2.CreateProjectRequest) -> api_pb2.Project:
+        who.require(MANAGE, "CreateProject")
+        validate_id(req.project_id, field="project_id")
+        prior = self.bus.prior(req.command_id, _request_fingerprint("CreateProject", req))
+        if prior is None:
+            outcome = self._exec(
+                who,
+                C.CreateProject(req.project_id, req.name, req.description, req.settings),
+                req.command_id,
+                _request_fingerprint("CreateProject", req),
+            )
+            if not who.is_admin:  # the creating manager manages the project it made
+                self._exec(
+                    who,
+                    C.AddProjectMember(req.project_id, who.person_id),
+                    f"{req.command_id}/creator" if req.command_id else "",
+                    "",
+                )
+            self._settle(outcome)
+        return self.project_view(self._project(req.project_id))
+
+    def get_project(self, who: Principal, req: api_pb2.GetProjectRequest) -> api_pb2.Project:
+        who.require(EVERYONE, "GetProject")
+        project = self._project(req.project_id)
+        self._member_or_admin(who, project)
+        return self.project_view(project)
+
+    def list_projects(self, who: Principal, req: api_pb2.ListProjectsRequest) -> api_pb2.ListProjectsResponse:
+        who.require(EVERYONE, "ListProjects")
+        ids = (
+            queries.list_projects(self.store)
+            if who.sees_everything
+            else queries.projects_of(self.store, who.person_id)
+        )
+        out = api_pb2.ListProjectsResponse()
+        for pid in ids:
+            try:
+                out.projects.append(self.project_view(self._project(pid)))
+            except NotFound:
+                continue
+        return out
+
+    def _managed_project(self, who: Principal, project_id: str, what: str) -> ProjectState:
+        who.require(MANAGE, what)
+        project = self._project(project_id)
+        self._member_or_admin(who, project)
+        return project
+
+    def update_project_settings(
+        self, who: Principal, req: api_pb2.UpdateProjectSettingsRequest
+    ) -> api_pb2.Project:
+        self._managed_project(who, req.project_id, "UpdateProjectSettings")
+        return self._project_mutation(
+            who,
+            "UpdateProjectSettings",
+            req,
+            C.UpdateProjectSettings(req.project_id, req.settings),
+            req.command_id,
+        )
+
+    def publish_label_schema(self, who: Principal, req: api_pb2.PublishLabelSchemaRequest) -> api_pb2.Project:
+        self._managed_project(who, req.project_id, "PublishLabelSchema")
+        return self._project_mutation(
+            who, "PublishLabelSchema", req, C.PublishLabelSchema(req.project_id, req.schema), req.command_id
+        )
+
+    def publish_guideline(self, who: Principal, req: api_pb2.PublishGuidelineRequest) -> api_pb2.Project:
+        self._managed_project(who, req.project_id, "PublishGuideline")
+        return self._project_mutation(
+            who, "PublishGuideline", req, C.PublishGuideline(req.project_id, req.guideline), req.command_id
+        )
+
+    def add_project_member(self, who: Principal, req: api_pb2.ProjectMemberRequest) -> api_pb2.Project:
+        self._managed_project(who, req.project_id, "AddProjectMember")
+        if self.bus.prior(req.command_id, _request_fingerprint("AddProjectMember", req)) is None:
+            self._person(req.person_id)
+        return self._project_mutation(
+            who, "AddProjectMember", req, C.AddProjectMember(req.project_id, req.person_id), req.command_id
+        )
+
+    def remove_project_member(self, who: Principal, req: api_pb2.ProjectMemberRequest) -> api_pb2.Project:
+        self._managed_project(who, req.project_id, "RemoveProjectMember")
+        return self._project_mutation(
+            who,
+            "RemoveProjectMember",
+            req,
+            C.RemoveProjectMember(req.project_id, req.person_id),
+            req.command_id,
+        )
+
+    # ------------------------------------------------------------------ people and tokens
+
+    def person_view(self, state: PersonState) -> api_pb2.Person:
+        return api_pb2.Person(spec=state.spec, projects=queries.projects_of(self.store, state.person_id))
+
+    def _check_grant(self, who: Principal, spec: model_pb2.PersonSpec) -> None:
+        if R.ROLE_ADMIN in spec.roles and not who.is_admin:
+            raise PermissionDenied("only admins may grant the admin role", field="person.roles")
+
+    def register_person(self, who: Principal, req: api_pb2.RegisterPersonRequest) -> api_pb2.Person:
+        who.require(MANAGE, "RegisterPerson")
+        self._check_grant(who, req.person)
+        outcome = self._exec(
+            who, C.RegisterPerson(req.person), req.command_id, _request_fingerprint("RegisterPerson", req)
+        )
+        self._settle(outcome)
+        return self.person_view(self._person(req.person.person_id, field="person.person_id"))
+
+    def update_person(self, who: Principal, req: api_pb2.UpdatePersonRequest) -> api_pb2.Person:
+        who.require(MANAGE, "UpdatePerson")
+        self._check_grant(who, req.person)
+        current = self._person(req.person.person_id, field="person.person_id")
+        if R.ROLE_ADMIN in current.roles and not who.is_admin:
+            raise PermissionDenied("only admins may change an admin", field="person.person_id")
+        outcome = self._exec(
+            who, C.UpdatePerson(req.person), req.command_id, _request_fingerprint("UpdatePerson", req)
+        )
+        self._settle(outcome)
+        self._principals.clear()
+        return self.person_view(self._person(req.person.person_id, field="person.person_id"))
+
+    def get_person(self, who: Principal, req: api_pb2.GetPersonRequest) -> api_pb2.Person:
+        if req.person_id != who.person_id:
+            who.require((R.ROLE_ADMIN, R.ROLE_MANAGER, R.ROLE_AUDITOR), "GetPerson of someone else")
+        return self.person_view(self._person(req.person_id))
+
+    def who_am_i(self, who: Principal) -> api_pb2.Person:
+        return self.person_view(self._person(who.person_id))
+
+    def _may_manage_tokens_of(self, who: Principal, person_id: str) -> PersonState:
+        target = self._person(person_id)
+        if person_id == who.person_id:
+            return target
+        who.require(MANAGE, "managing another person's tokens")
+        if R.ROLE_ADMIN in target.roles and not who.is_admin:
+            raise PermissionDenied("only admins manage admin tokens", field="person_id")
+        return target
+
+    def create_token(self, who: Principal, req: api_pb2.CreateTokenRequest) -> api_pb2.CreateTokenResponse:
+        # The secret is never stored, so a retried CreateToken cannot return it again: a retry
+        # of an id that already succeeded is refused rather than silently minting a second token.
+        if self.bus.prior(req.command_id) is not None:
+            raise FailedPrecondition(
+                "this command_id already created a token; its secret is shown only once. "
+                "Revoke it and create another",
+                field="command_id",
+            )
+        self._may_manage_tokens_of(who, req.person_id)
+        token_id, secret = self.issue_token(
+            req.person_id, req.description, req.ttl_seconds, actor=who, command_id=req.command_id
+        )
+        return api_pb2.CreateTokenResponse(token_id=token_id, token=secret)
+
+    def issue_token(
+        self,
+        person_id: str,
+        description: str = "",
+        ttl_seconds: int = 0,
+        *,
+        actor: Principal = SYSTEM,
+        command_id: str = "",
+    ) -> tuple[str, str]:
+        secret, digest = new_token()
+        token_id = codec.uuid7()
+        expires = self.clock() + timedelta(seconds=ttl_seconds) if ttl_seconds else None
+        outcome = self._exec(
+            actor,
+            C.IssueToken(person_id, token_id, digest, description, expires),
+            command_id or codec.uuid7(),
+            "",
+        )
+        self._settle(outcome)
+        return token_id, secret
+
+    def revoke_token(self, who: Principal, req: api_pb2.RevokeTokenRequest) -> api_pb2.RevokeTokenResponse:
+        self._may_manage_tokens_of(who, req.person_id)
+        outcome = self._exec(
+            who,
+            C.RevokeToken(req.person_id, req.token_id),
+            req.command_id,
+            _request_fingerprint("RevokeToken", req),
+        )
+        self._settle(outcome)
+        self._principals.clear()
+        return api_pb2.RevokeTokenResponse()
+
+    # ------------------------------------------------------------------ tasks: views
+
+    def task_view(self, task: TaskState, position: str = "") -> api_pb2.Task:
+        out = api_pb2.Task(
+            task_id=task.task_id,
+            project_id=task.project_id,
+            batch_id=task.batch_id,
+            spec=task.spec,
+            status=STATUS[task.status],
+            round=task.round,
+            position=position,
+        )
+        for lease in task.leases.values():
+            out.leases.append(
+                api_pb2.Lease(
+                    lease_id=lease.lease_id,
+                    person_id=lease.person_id,
+                    expires_at=codec.timestamp(lease.expires_at),
+                )
+            )
+        for a in task.annotations.values():
+            out.annotations.append(
+                api_pb2.AnnotationSummary(
+                    annotation_id=a.annotation_id,
+                    author_id=a.author_id,
+                    version=a.version,
+                    status=ANN_STATUS[a.status],
+                    round=a.round,
+                    reason_codes=list(a.reason_codes),
+                )
+            )
+        if task.prelabel is not None:
+            out.prelabel.CopyFrom(task.prelabel)
+        return out
+
+    def get_task(self, who: Principal, req: api_pb2.GetTaskRequest) -> api_pb2.Task:
+        who.require(EVERYONE, "GetTask")
+        task = self._task(req.task_id)
+        self._may_see_task(who, task, self._project(task.project_id))
+        return self.task_view(task)
+
+    def list_tasks(self, who: Principal, req: api_pb2.ListTasksRequest) -> api_pb2.ListTasksResponse:
+        who.require(READ_ALL, "ListTasks")
+        project = self._project(req.project_id)
+        self._member_or_admin(who, project)
+        limit = min(req.limit or 50, 500)
+        status = STATUS_NAME.get(req.status) if req.status else None
+        ids, token = queries.list_tasks(self.store, req.project_id, status, limit, req.page_token)
+        out = api_pb2.ListTasksResponse(next_page_token=token)
+        for tid in ids:
+            try:
+                out.tasks.append(self.task_view(self._task(tid)))
+            except NotFound:
+                continue
+        return out
+
+    # ------------------------------------------------------------------ tasks: import
+
+    def import_tasks(self, who: Principal, req: api_pb2.ImportTasksRequest) -> api_pb2.ImportTasksResponse:
+        who.require((R.ROLE_ADMIN, R.ROLE_MANAGER, R.ROLE_ML_CLIENT), "ImportTasks")
+        project = self._project(req.project_id)
+        self._member_or_admin(who, project)
+        if not req.tasks:
+            raise InvalidArgument("at least one task is required", field="tasks")
+        if len(req.tasks) > MAX_IMPORT:
+            raise InvalidArgument(
+                f"at most {MAX_IMPORT} tasks per request, got {len(req.tasks)}", field="tasks"
+            )
+        if not req.command_id:
+            raise InvalidArgument(
+                "required for imports so a retried batch is not imported twice", field="command_id"
+            )
+        batch_id = req.batch_id or req.command_id
+        validate_id(batch_id, field="batch_id")
+        # Validate the whole batch before appending anything: a bad task names its index and
+        # nothing of the batch is written.
+        specs: list[model_pb2.TaskSpec] = []
+        seen: set[str] = set()
+        for i, raw in enumerate(req.tasks):
+            spec = model_pb2.TaskSpec()
+            spec.CopyFrom(raw)
+            if not spec.task_id:
+                spec.task_id = f"{batch_id}-{i:06d}"
+            if not spec.overlap:
+                spec.overlap = project.settings.default_overlap or 1
+            if spec.task_id in seen:
+                raise InvalidArgument(
+                    f"duplicate task_id {spec.task_id!r} in batch", field=f"tasks[{i}].task_id"
+                )
+            seen.add(spec.task_id)
+            validate_task_spec(spec, schema=project.label_schema, field=f"tasks[{i}]")
+            specs.append(spec)
+        for i, spec in enumerate(specs):
+            if (
+                self.bus.prior(f"{req.command_id}/{spec.task_id}") is None
+                and self.bus.load(f"task:{spec.task_id}")[1]
+            ):
+                raise AlreadyExists(f"task {spec.task_id!r} exists already", field=f"tasks[{i}].task_id")
+        cmds: list[tuple[aggregates.Command, str]] = [
+            (
+                C.ImportTask(
+                    req.project_id,
+                    batch_id,
+                    spec,
+                    project.settings.review_policy,
+                    project.settings.lease_seconds,
+                ),
+                f"{req.command_id}/{spec.task_id}",
+            )
+            for spec in specs
+        ]
+        results = self.bus.execute_many(cmds, actor=self._actor(who), correlation_id=req.command_id)
+        out = api_pb2.ImportTasksResponse()
+        last: Position | None = None
+        for (cmd, _), result in zip(cmds, results, strict=True):
+            assert isinstance(cmd, C.ImportTask)
+            if isinstance(result, LabelweaveError):
+                raise result
+            out.task_ids.append(cmd.spec.task_id)
+            if result.events:
+                pos = result.events[-1].position
+                last = pos if last is None or pos > last else last
+        out.position = str(last) if last else ""
+        return out
+
+    def ingest_prelabel(self, who: Principal, req: api_pb2.IngestPrelabelRequest) -> api_pb2.Task:
+        who.require((R.ROLE_ADMIN, R.ROLE_MANAGER, R.ROLE_ML_CLIENT), "IngestPrelabel")
+        task = self._task(req.task_id)
+        project = self._project(task.project_id)
+        self._member_or_admin(who, project)
+        if self.bus.prior(req.command_id, _request_fingerprint("IngestPrelabel", req)) is None:
+            if project.label_schema is None:
+                raise FailedPrecondition("the project has no label schema yet", field="project_id")
+            validate_annotation(
+                req.annotation,
+                schema=project.label_schema,
+                media_type=task.spec.media_type,
+                media=task.spec.media,
+                field="annotation",
+            )
+            self._exec(
+                who,
+                C.IngestPrelabel(req.task_id, codec.uuid7(), req.annotation),
+                req.command_id,
+                _request_fingerprint("IngestPrelabel", req),
+            )
+        return self.task_view(self._task(req.task_id))
+
+    # ------------------------------------------------------------------ tasks: work
+
+    def _leased(self, outcome: Outcome, schema_of: ProjectState | None = None) -> api_pb2.NextTaskResponse:
+        leased = outcome.first(events_pb2.TaskLeased)
+        assert isinstance(leased, events_pb2.TaskLeased)
+        task = self._task(leased.task_id)
+        project = schema_of or self._project(task.project_id)
+        out = api_pb2.NextTaskResponse(
+            task=self.task_view(task, outcome.position),
+            lease=api_pb2.Lease(
+                lease_id=leased.lease_id, person_id=leased.person_id, expires_at=leased.expires_at
+            ),
+            guideline_version=project.guideline_version,
+        )
+        if project.label_schema is not None:
+            out.label_schema.CopyFrom(project.label_schema)
+        return out
+
+    def next_task(self, who: Principal, req: api_pb2.NextTaskRequest) -> api_pb2.NextTaskResponse:
+        who.require(ANNOTATE, "NextTask")
+        prior = self.bus.prior(req.command_id, _request_fingerprint("NextTask", req))
+        if prior is not None:
+            return self._leased(prior)
+        if req.project_id:
+            project = self._project(req.project_id)
+            if who.person_id not in project.members:
+                raise PermissionDenied(f"{who.person_id} is not a member of project {req.project_id}")
+            project_ids = [req.project_id]
+        else:
+            project_ids = queries.projects_of(self.store, who.person_id)
+        for pid in project_ids:
+            project = self._project(pid)
+            if project.label_schema is None or who.person_id not in project.members:
+                continue
+            outcome = self._lease_first(who, pid, req.command_id, _request_fingerprint("NextTask", req))
+            if outcome is not None:
+                return self._leased(outcome, project)
+        return api_pb2.NextTaskResponse()
+
+    def _lease_first(self, who: Principal, project_id: str, command_id: str, fp: str) -> Outcome | None:
+        """Lease the best candidate from the (eventually consistent) queue projection.
+
+        Candidates the bus already knows to be full or taken by this person are skipped without
+        I/O; a refused lease just moves on, since the queue may lag the log.
+        """
+        cid = command_id or codec.uuid7()
+        candidates = queries.queue_candidates(self.store, project_id, who.skills, limit=64)
+        now = self.clock()
+        for task_id in candidates:
+            cached = self.bus.peek(f"task:{task_id}")
+            if isinstance(cached, TaskState) and not _could_lease(cached, who.person_id, now):
+                continue
+            try:
+                return self.bus.execute(
+                    C.LeaseTask(task_id, codec.uuid7(), who.person_id, who.skills, now),
+                    actor=self._actor(who),
+                    command_id=cid,
+                    fingerprint=fp,
+                )
+            except (FailedPrecondition, NotFound, PermissionDenied):
+                continue
+        return None
+
+    def release_task(self, who: Principal, req: api_pb2.ReleaseTaskRequest) -> api_pb2.Task:
+        who.require(ANNOTATE, "ReleaseTask")
+        self._exec(
+            who,
+            C.ReleaseLease(req.task_id, req.lease_id, who.person_id, req.reason),
+            req.command_id,
+            _request_fingerprint("ReleaseTask", req),
+        )
+        return self.task_view(self._task(req.task_id))
+
+    def _validate_for_task(
+        self, task: TaskState, annotation: annotation_pb2.Annotation, field: str
+    ) -> tuple[ProjectState, annotation_pb2.Annotation]:
+        project = self._project(task.project_id)
+        if project.label_schema is None:
+            raise FailedPrecondition("the project has no label schema yet", field="task_id")
+        ann = annotation_pb2.Annotation()
+        ann.CopyFrom(annotation)
+        if ann.source == annotation_pb2.ANNOTATION_SOURCE_UNSPECIFIED:
+            ann.source = annotation_pb2.ANNOTATION_SOURCE_HUMAN
+        validate_annotation(
+            ann,
+            schema=project.label_schema,
+            media_type=task.spec.media_type,
+            media=task.spec.media,
+            field=field,
+        )
+        return project, ann
+
+    def submit(self, who: Principal, req: api_pb2.SubmitRequest) -> api_pb2.SubmitResponse:
+        who.require(ANNOTATE, "Submit")
+        prior = self.bus.prior(req.command_id, _request_fingerprint("Submit", req))
+        if prior is None:
+            task = self._task(req.task_id)
+            lease = task.leases.get(req.lease_id)
+            if lease is not None and lease.person_id != who.person_id:
+                raise PermissionDenied(f"lease {req.lease_id} belongs to someone else", field="lease_id")
+            if lease is None and not req.lease_id:
+                raise InvalidArgument("required", field="lease_id")
+            project, ann = self._validate_for_task(task, req.annotation, "annotation")
+            prior = self._exec(
+                who,
+                C.SubmitAnnotation(
+                    req.task_id,
+                    req.lease_id,
+                    who.person_id,
+                    codec.uuid7(),
+                    ann,
+                    project.schema_version,
+                    project.guideline_version,
+                    req.time_on_task_ms,
+                    self.clock(),
+                ),
+                req.command_id,
+                _request_fingerprint("Submit", req),
+            )
+        submitted = prior.first(events_pb2.AnnotationSubmitted)
+        if not isinstance(submitted, events_pb2.AnnotationSubmitted):
+            raise FailedPrecondition("command_id belongs to another kind of command", field="command_id")
+        return api_pb2.SubmitResponse(
+            annotation_id=submitted.annotation_id, version=submitted.version, position=prior.position
+        )
+
+    def edit_annotation(self, who: Principal, req: api_pb2.EditAnnotationRequest) -> api_pb2.SubmitResponse:
+        who.require(ANNOTATE, "EditAnnotation")
+        prior = self.bus.prior(req.command_id, _request_fingerprint("EditAnnotation", req))
+        if prior is None:
+            task = self._task(req.task_id)
+            if not req.annotation_id:
+                raise InvalidArgument("required", field="annotation_id")
+            project, ann = self._validate_for_task(task, req.annotation, "annotation")
+            prior = self._exec(
+                who,
+                C.EditAnnotation(
+                    req.task_id,
+                    req.annotation_id,
+                    req.expected_version,
+                    who.person_id,
+                    ann,
+                    project.schema_version,
+                    project.guideline_version,
+                ),
+                req.command_id,
+                _request_fingerprint("EditAnnotation", req),
+            )
+        edited = prior.first(events_pb2.AnnotationEdited)
+        if not isinstance(edited, events_pb2.AnnotationEdited):
+            raise FailedPrecondition("command_id belongs to another kind of command", field="command_id")
+        return api_pb2.SubmitResponse(
+            annotation_id=edited.annotation_id, version=edited.version, position=prior.position
+        )
+
+    def review(self, who: Principal, req: api_pb2.ReviewRequest) -> api_pb2.ReviewResponse:
+        who.require(REVIEW, "Review")
+        prior = self.bus.prior(req.command_id, _request_fingerprint("Review", req))
+        if prior is None:
+            task = self._task(req.task_id)
+            project = self._project(task.project_id)
+            self._member_or_admin(who, project)
+            correction: annotation_pb2.Annotation | None = None
+            if req.verdict == R.VERDICT_CORRECT:
+                if not req.HasField("correction"):
+                    raise InvalidArgument("a correction is required for VERDICT_CORRECT", field="correction")
+                _, correction = self._validate_for_task(task, req.correction, "correction")
+            prior = self._exec(
+                who,
+                C.ReviewAnnotation(
+                    req.task_id,
+                    req.annotation_id,
+                    req.version,
+                    who.person_id,
+                    req.verdict,
+                    tuple(req.reason_codes),
+                    req.comment,
+                    correction,
+                    project.reject_reasons,
+                    project.schema_version,
+                    project.guideline_version,
+                ),
+                req.command_id,
+                _request_fingerprint("Review", req),
+            )
+        recorded = prior.first(events_pb2.ReviewRecorded)
+        if not isinstance(recorded, events_pb2.ReviewRecorded):
+            raise FailedPrecondition("command_id belongs to another kind of command", field="command_id")
+        task_now = self._task(recorded.task_id)
+        return api_pb2.ReviewResponse(
+            task_status=STATUS[task_now.status], version=recorded.version, position=prior.position
+        )
+
+    def reopen_task(self, who: Principal, req: api_pb2.ReopenTaskRequest) -> api_pb2.Task:
+        who.require((R.ROLE_ADMIN, R.ROLE_MANAGER, R.ROLE_QA, R.ROLE_EXPERT), "ReopenTask")
+        task = self._task(req.task_id)
+        self._member_or_admin(who, self._project(task.project_id))
+        self._exec(
+            who,
+            C.ReopenTask(req.task_id, req.reason),
+            req.command_id,
+            _request_fingerprint("ReopenTask", req),
+        )
+        return self.task_view(self._task(req.task_id))
+
+    def expire_leases(self, limit: int = 500) -> int:
+        """Timer body: expire leases past their deadline (idempotent per lease)."""
+        now = self.clock()
+        count = 0
+        for task_id, lease_id in queries.expired_leases(self.store, now, limit):
+            try:
+                self.bus.execute(
+                    C.ExpireLease(task_id, lease_id, now),
+                    actor=self._actor(SYSTEM),
+                    command_id=f"expire/{lease_id}",
+                )
+                count += 1
+            except (FailedPrecondition, NotFound):
+                continue
+        if count:
+            self.metrics.leases_expired.inc(count)
+        return count
+
+    # ------------------------------------------------------------------ history and metrics
+
+    def history(self, who: Principal, req: api_pb2.HistoryRequest) -> api_pb2.HistoryResponse:
+        who.require(EVERYONE, "History")
+        task = self._task(req.task_id)
+        self._may_see_task(who, task, self._project(task.project_id))
+        until = (
+            Position.parse(req.as_of_position, field_name="as_of_position") if req.as_of_position else None
+        )
+        until_time = codec.from_timestamp(req.as_of_time) if req.HasField("as_of_time") else None
+        out = api_pb2.HistoryResponse()
+        state: TaskState | None = None
+        for ev in self.log.read_stream(f"task:{req.task_id}"):
+            if until is not None and ev.position > until:
+                break
+            if until_time is not None and codec.from_timestamp(ev.envelope.recorded_at) > until_time:
+                break
+            out.entries.append(api_pb2.HistoryEntry(position=str(ev.position), event=ev.envelope))
+            evolved = aggregates.evolve(state, codec.payload_of(ev.envelope))
+            assert isinstance(evolved, TaskState)
+            state = evolved
+        if state is not None:
+            out.task.CopyFrom(self.task_view(state, out.entries[-1].position))
+        return out
+
+    def get_metrics(self, who: Principal, req: api_pb2.GetMetricsRequest) -> api_pb2.GetMetricsResponse:
+        who.require(EVERYONE, "GetMetrics")
+        scope = req.project_id or "*"
+        if req.project_id:
+            project = self._project(req.project_id)
+            self._member_or_admin(who, project)
+        if req.person_id != who.person_id:
+            who.require((R.ROLE_ADMIN, R.ROLE_MANAGER, R.ROLE_AUDITOR), "GetMetrics of other people")
+            if scope == "*" and not who.sees_everything:
+                raise PermissionDenied(
+                    "cross-project metrics need the admin or auditor role", field="project_id"
+                )
+        out = api_pb2.GetMetricsResponse()
+        for doc in queries.annotator_metrics(self.store, scope, req.person_id or None):
+            out.annotators.append(
+                api_pb2.AnnotatorMetrics(
+                    **{k: doc.get(k, 0) for k in api_pb2.AnnotatorMetrics.DESCRIPTOR.fields_by_name}
+                )
+            )
+        return out
+
+    # ------------------------------------------------------------------ streams
+
+    def subscribe_labels(
+        self, who: Principal, req: api_pb2.SubscribeLabelsRequest, active: object
+    ) -> Iterator[api_pb2.LabelEvent]:
+        """Accepted labels of one project in log order; `active()` False ends the stream."""
+        who.require((R.ROLE_ADMIN, R.ROLE_MANAGER, R.ROLE_AUDITOR, R.ROLE_ML_CLIENT), "SubscribeLabels")
+        project = self._project(req.project_id)
+        self._member_or_admin(who, project)
+        cursor = parse_checkpoint(req.resume_token)
+        self.metrics.label_subscribers.inc()
+        try:
+            while active():  # type: ignore[operator]
+                batch = self.log.read(cursor, 500)
+                for ev in batch:
+                    cursor[ev.position.partition] = ev.position.offset
+                    if ev.envelope.type != "annotation_accepted":
+                        continue
+                    label = ev.envelope.annotation_accepted
+                    if label.project_id != req.project_id:
+                        continue
+                    yield api_pb2.LabelEvent(
+                        resume_token=format_checkpoint(cursor), label=label, envelope=ev.envelope
+                    )
+                if batch:
+                    continue
+                if not req.follow:
+                    return
+                self.log.wait(cursor, 0.5)
+        finally:
+            self.metrics.label_subscribers.dec()
+
+    def read_events(
+        self, who: Principal, req: api_pb2.ReadEventsRequest, active: object
+    ) -> Iterator[api_pb2.HistoryEntry]:
+        who.require((R.ROLE_ADMIN, R.ROLE_AUDITOR), "ReadEvents")
+        cursor = parse_checkpoint(req.from_position, field_name="from_position")
+        until = Position.parse(req.to_position, field_name="to_position") if req.to_position else None
+        until_time = codec.from_timestamp(req.to_time) if req.HasField("to_time") else None
+        remaining = req.limit or None
+        head = self.log.head()
+        while active():  # type: ignore[operator]
+            batch = self.log.read(cursor, 1000)
+            if not batch:
+                return
+            for ev in batch:
+                cursor[ev.position.partition] = ev.position.offset
+                if ev.position.offset > head.get(ev.position.partition, 0):
+                    return
+                if until is not None and ev.position.partition == until.partition and ev.position > until:
+                    return
+                if until_time is not None and codec.from_timestamp(ev.envelope.recorded_at) > until_time:
+                    return
+                if req.stream_id and ev.envelope.stream_id != req.stream_id:
+                    continue
+                yield api_pb2.HistoryEntry(position=str(ev.position), event=ev.envelope)
+                if remaining is not None:
+                    remaining -= 1
+                    if remaining <= 0:
+                        return
+
+
+def _could_lease(task: TaskState, person_id: str, now: datetime) -> bool:
+    if task.status == "done":
+        return False
+    if any(lease.person_id == person_id for lease in task.leases.values()):
+        return False
+    expired_leases = sum(1 for lease in task.leases.values() if lease.expires_at <= now)
+    return task.free_slots + expired_leases > 0

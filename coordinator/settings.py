@@ -1,0 +1,40 @@
+"""Runtime settings for `labelweave serve` and friends; backends are chosen by URL."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+
+@dataclass(frozen=True)
+class TlsSettings:
+    cert_file: Path
+    key_file: Path
+    client_ca_file: Path | None = None  # set: mutual TLS, clients must present a cert signed by it
+
+
+@dataclass(frozen=True)
+class Settings:
+    data_dir: Path = Path("./labelweave-data")
+    listen: str = "127.0.0.1:50051"
+    metrics_port: int = 9464  # 0: no metrics HTTP server
+    metrics_host: str = "127.0.0.1"
+    event_log_url: str = ""  # default: sqlite:///<data_dir>/events.db
+    store_url: str = ""  # default: sqlite:///<data_dir>/projections.db
+    tls: TlsSettings | None = None
+    grpc_workers: int = 32
+    lease_sweep_seconds: float = 1.0
+    shutdown_grace_seconds: float = 10.0
+
+    @property
+    def resolved_event_log_url(self) -> str:
+        return self.event_log_url or f"sqlite:///{self.data_dir.resolve() / 'events.db'}"
+
+    @property
+    def resolved_store_url(self) -> str:
+        return self.store_url or f"sqlite:///{self.data_dir.resolve() / 'projections.db'}"
+
+    @property
+    def admin_token_file(self) -> Path:
+        """Written (mode 0600) on first start of an empty log: the bootstrap admin's bearer token."""
+        return self.data_dir / "admin.token"

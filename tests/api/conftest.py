@@ -1,0 +1,132 @@
+"""A real Labelweave server on a loopback port, with a manual clock, per test."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import grpc
+import pytest
+
+from coordinator._pb.labelweave.api.v1 import api_pb2, api_pb2_grpc
+from coordinator._pb.labelweave.events.v1 import model_pb2
+from coordinator.server import RunningServer, start
+from coordinator.settings import Settings
+from coordinator.testing import ManualClock, sample_schema
+
+
+class Stubs:
+    """Raw stubs with a bearer token, for tests that need exact status codes and metadata."""
+
+    def __init__(self, channel: grpc.Channel, token: str) -> None:
+        self.token = token
+        self.admin = api_pb2_grpc.AdminServiceStub(channel)
+        self.tasks = api_pb2_grpc.TaskServiceStub(channel)
+        self.streams = api_pb2_grpc.LabelStreamServiceStub(channel)
+
+    @property
+    def md(self) -> tuple[tuple[str, str], ...]:
+        return (("authorization", f"Bearer {self.token}"),)
+
+
+@dataclass
+class Env:
+    server: RunningServer
+    clock: ManualClock
+    target: str
+    channel: grpc.Channel
+    admin: Stubs
+    data_dir: Path
+
+    def as_(self, token: str) -> Stubs:
+        return Stubs(self.channel, token)
+
+    def person(self, person_id: str, *roles: int, skills: tuple[str, ...] = (), tz: str = "UTC") -> Stubs:
+        self.admin.admin.RegisterPerson(
+            api_pb2.RegisterPersonRequest(
+                command_id=f"reg-{person_id}",
+                person=model_pb2.PersonSpec(
+                    person_id=person_id,
+                    display_name=person_id.title(),
+                    roles=list(roles),
+                    skills=[model_pb2.Skill(name=s, level=1) for s in skills],
+                    time_zone=tz,
+                ),
+            ),
+            metadata=self.admin.md,
+        )
+        tok = self.admin.admin.CreateToken(
+            api_pb2.CreateTokenRequest(command_id=f"tok-{person_id}", person_id=person_id),
+            metadata=self.admin.md,
+        )
+        return self.as_(tok.token)
+
+    def project(
+        self,
+        project_id: str = "p1",
+        *,
+        overlap: int = 1,
+        review: int = model_pb2.REVIEW_POLICY_FULL,
+        members: tuple[str, ...] = (),
+    ) -> None:
+        md = self.admin.md
+        self.admin.admin.CreateProject(
+            api_pb2.CreateProjectRequest(
+                command_id=f"cp-{project_id}",
+                project_id=project_id,
+                name=project_id.upper(),
+                settings=model_pb2.ProjectSettings(
+                    default_overlap=overlap, lease_seconds=600, review_policy=review
+                ),
+            ),
+            metadata=md,
+        )
+        self.admin.admin.PublishLabelSchema(
+            api_pb2.PublishLabelSchemaRequest(
+                command_id=f"schema-{project_id}", project_id=project_id, schema=sample_schema()
+            ),
+            metadata=md,
+        )
+        for m in members:
+            self.admin.admin.AddProjectMember(
+                api_pb2.ProjectMemberRequest(
+                    command_id=f"m-{project_id}-{m}", project_id=project_id, person_id=m
+                ),
+                metadata=md,
+            )
+
+
+def image_task(
+    task_id: str, *, priority: int = 0, skills: tuple[str, ...] = (), overlap: int = 0
+) -> model_pb2.TaskSpec:
+    return model_pb2.TaskSpec(
+        task_id=task_id,
+        data_uri=f"s3://bucket/{task_id}.jpg",
+        media_type=model_pb2.MEDIA_TYPE_IMAGE,
+        media=model_pb2.MediaInfo(width=640, height=480),
+        priority=priority,
+        required_skills=list(skills),
+        overlap=overlap,
+    )
+
+
+@pytest.fixture
+def env(tmp_path: Path) -> Iterator[Env]:
+    clock = ManualClock()
+    settings = Settings(
+        data_dir=tmp_path / "data",
+        listen="127.0.0.1:0",
+        metrics_port=0,
+        lease_sweep_seconds=0.05,
+        shutdown_grace_seconds=1.0,
+    )
+    running = start(settings, clock=clock)
+    target = f"127.0.0.1:{running.port}"
+    channel = grpc.insecure_channel(target)
+    token = settings.admin_token_file.read_text().strip()
+    try:
+        yield Env(running, clock, target, channel, Stubs(channel, token), settings.data_dir)
+    finally:
+        channel.close()
+        running.stop(grace=1.0)
