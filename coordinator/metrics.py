@@ -16,13 +16,23 @@ class Metrics:
         self.registry = registry if registry is not None else CollectorRegistry()
         r = self.registry
         self.rpc_total = Counter(
-            "labelweave_rpc_total", "gRPC calls handled, by method and status code", ["method", "code"], registry=r
+            "labelweave_rpc_total",
+            "gRPC calls handled, by method and status code",
+            ["method", "code"],
+            registry=r,
         )
         self.rpc_latency = Histogram(
-            "labelweave_rpc_latency_seconds", "gRPC handling latency", ["method"], buckets=_LATENCY_BUCKETS, registry=r
+            "labelweave_rpc_latency_seconds",
+            "gRPC handling latency",
+            ["method"],
+            buckets=_LATENCY_BUCKETS,
+            registry=r,
         )
         self.events_appended = Counter(
-            "labelweave_events_appended_total", "Events durably appended to the log, by type", ["type"], registry=r
+            "labelweave_events_appended_total",
+            "Events durably appended to the log, by type",
+            ["type"],
+            registry=r,
         )
         self.commands_total = Counter(
             "labelweave_commands_total",
@@ -43,10 +53,16 @@ class Metrics:
             registry=r,
         )
         self.projection_lag = Gauge(
-            "labelweave_projection_lag_events", "Events in the log not yet applied, by consumer", ["consumer"], registry=r
+            "labelweave_projection_lag_events",
+            "Events in the log not yet applied, by consumer",
+            ["consumer"],
+            registry=r,
         )
         self.projection_applied = Counter(
-            "labelweave_projection_events_applied_total", "Events applied to projections", ["consumer"], registry=r
+            "labelweave_projection_events_applied_total",
+            "Events applied to projections",
+            ["consumer"],
+            registry=r,
         )
         self.projection_commit_latency = Histogram(
             "labelweave_projection_commit_seconds",
