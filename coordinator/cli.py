@@ -173,6 +173,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         data_dir=Path(args.data_dir),
         listen=args.listen,
         metrics_port=args.metrics_port,
+        metrics_host=args.metrics_host,
         event_log_url=args.event_log or "",
         store_url=args.store or "",
         tls=tls,
@@ -503,6 +504,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--listen", default="127.0.0.1:50051", help="HOST:PORT (default: %(default)s)")
     p.add_argument(
         "--metrics-port", type=int, default=9464, help="Prometheus port, 0 disables (default: %(default)s)"
+    )
+    p.add_argument(
+        "--metrics-host",
+        default="127.0.0.1",
+        help="address the metrics endpoint binds (0.0.0.0 in containers; default: %(default)s)",
     )
     _backend_flags(p)
     p.add_argument("--tls-cert", default=None, help="server certificate (PEM)")

@@ -700,8 +700,10 @@ def run(args: argparse.Namespace, make_client: Callable[[str], LabelweaveClient]
                 client.close()
         if outcome == "time limit":
             _find_stuck(admin, state)
-    # a log file or pipe gets the full table rather than rich's 80-column default
-    out = console if console.is_terminal else Console(stderr=True, width=160)
+    # The summary is the command's result, so it goes to stdout (progress stays on stderr);
+    # a log file or pipe gets the full table rather than rich's 80-column default.
+    stdout = Console()
+    out = stdout if stdout.is_terminal else Console(width=160)
     report(state, out, elapsed, done, total, outcome)
     if outcome == "interrupted":
         return 130
