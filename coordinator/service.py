@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterator
 from datetime import datetime, timedelta
+from typing import TypeVar
 
 from google.protobuf.message import Message
 
@@ -42,6 +43,7 @@ from projections.base import ProjectionStore
 
 log = logging.getLogger(__name__)
 R = model_pb2
+S = TypeVar("S", ProjectState, PersonState, TaskState)
 
 MANAGE = (R.ROLE_ADMIN, R.ROLE_MANAGER)
 ANNOTATE = (R.ROLE_ANNOTATOR, R.ROLE_EXPERT)
@@ -114,29 +116,22 @@ class Service:
     def _actor(self, who: Principal) -> C.Actor:
         return C.Actor(who.person_id, model_pb2.Role.ValueType(who.primary_role), who.roles)
 
-    def _project(self, project_id: str, field: str = "project_id") -> ProjectState:
-        if not project_id:
+    def _load(self, kind: str, ident: str, cls: type[S], field: str) -> S:
+        if not ident:
             raise InvalidArgument("required", field=field)
-        _, state = self.bus.load(f"project:{project_id}")
-        if not isinstance(state, ProjectState):
-            raise NotFound(f"no project {project_id!r}", field=field)
+        _, state = self.bus.load(f"{kind}:{ident}")
+        if not isinstance(state, cls):
+            raise NotFound(f"no {kind} {ident!r}", field=field)
         return state
+
+    def _project(self, project_id: str, field: str = "project_id") -> ProjectState:
+        return self._load("project", project_id, ProjectState, field)
 
     def _person(self, person_id: str, field: str = "person_id") -> PersonState:
-        if not person_id:
-            raise InvalidArgument("required", field=field)
-        _, state = self.bus.load(f"person:{person_id}")
-        if not isinstance(state, PersonState):
-            raise NotFound(f"no person {person_id!r}", field=field)
-        return state
+        return self._load("person", person_id, PersonState, field)
 
     def _task(self, task_id: str, field: str = "task_id") -> TaskState:
-        if not task_id:
-            raise InvalidArgument("required", field=field)
-        _, state = self.bus.load(f"task:{task_id}")
-        if not isinstance(state, TaskState):
-            raise NotFound(f"no task {task_id!r}", field=field)
-        return state
+        return self._load("task", task_id, TaskState, field)
 
     def _member_or_admin(self, who: Principal, project: ProjectState) -> None:
         if who.sees_everything or who.person_id in project.members:
