@@ -7,11 +7,16 @@ Expected failures print `error: <field>: <message>` on stderr and exit with stat
 
 from __future__ import annotations
 
+import os
+
+# gRPC's C core logs handshake failures at INFO on stderr before our own clear error line;
+# this must be set before grpc is first imported to take effect.
+os.environ.setdefault("GRPC_VERBOSITY", "ERROR")
+
 import argparse
 import contextlib
 import json
 import logging
-import os
 import re
 import sys
 import uuid
@@ -129,7 +134,8 @@ def label_record(event: api_pb2.LabelEvent) -> dict[str, Any]:
 
 
 def _json_line(record: dict[str, Any]) -> str:
-    return json.dumps(record, ensure_ascii=False, separators=(",", ":")) + "\n"
+    # sorted keys: the same labels export to the same bytes (diffable, checksummable)
+    return json.dumps(record, ensure_ascii=False, separators=(",", ":"), sort_keys=True) + "\n"
 
 
 def _parse_error_field(message: str) -> tuple[str, str]:
@@ -208,12 +214,15 @@ def cmd_token_create(args: argparse.Namespace) -> int:
 
         app = Application.open(_offline_settings(args))
         try:
-            _, secret = app.issue_token(args.person, args.description, args.ttl_seconds)
+            token_id, secret = app.issue_token(args.person, args.description, args.ttl_seconds)
         finally:
             app.close()
     else:
         with _client(args) as lw:
-            secret = lw.create_token(args.person, args.description, args.ttl_seconds).token
+            response = lw.create_token(args.person, args.description, args.ttl_seconds)
+        token_id, secret = response.token_id, response.token
+    # stdout carries the secret only (scripts capture it); the id is what `token revoke` needs
+    print(f"token id: {token_id}", file=sys.stderr)
     print(secret)
     return 0
 

@@ -355,7 +355,8 @@ def set_up(admin: LabelweaveClient, run: Run, console: Console) -> tuple[api_pb2
         worker.token = admin.create_token(worker.person_id, "labelweave simulate", ttl).token
         run.workers[worker.person_id] = worker
     console.print(
-        f"{args.annotators} annotators and {args.reviewers} reviewers in {len(TIME_ZONES)} time zones"
+        f"{args.annotators} annotators and {args.reviewers} reviewers in "
+        f"{len({w.time_zone for w in run.workers.values()})} time zones"
     )
 
     imported = 0
