@@ -1,0 +1,1 @@
+"""Benchmarks. `python -m bench.embedded` measures the embedded (single-node SQLite) server."""
