@@ -93,12 +93,19 @@ class CommandBus:
             hit = self._cache.get(stream_id)
         return hit[1] if hit else None
 
-    def load(self, stream_id: str) -> tuple[int, aggregates.State | None]:
-        """Current (version, state) of a stream: the cached fold, caught up from the log."""
+    def load(self, stream_id: str, *, fresh: bool = True) -> tuple[int, aggregates.State | None]:
+        """Current (version, state) of a stream: the cached fold, caught up from the log.
+
+        With `fresh=False` a cached state is returned without asking the log. The bus does
+        that when deciding: a stale state (another process appended) makes the append fail
+        its version check, and the bus then reloads fresh, so nothing is decided twice on it.
+        """
         with self._lock:
             hit = self._cache.get(stream_id)
             if hit is not None:
                 self._cache.move_to_end(stream_id)
+        if hit is not None and not fresh:
+            return hit
         version, state = hit if hit is not None else (0, None)
         newer = self._log.read_stream(stream_id, after_version=version)
         if newer:
@@ -140,20 +147,29 @@ class CommandBus:
         causation_id: str = "",
         fingerprint: str = "",
         occurred_at: datetime | None = None,
+        prior_checked: bool = False,
     ) -> Outcome:
-        """Decide and append; a retried `command_id` returns its first outcome unchanged."""
+        """Decide and append; a retried `command_id` returns its first outcome unchanged.
+
+        `prior_checked`: the caller already looked the command id up (the append still
+        dedupes, so a race between two retries of one id stays safe).
+        """
         stream_id = aggregates.stream_of(command)
-        if command_id:
+        if command_id and not prior_checked:
             prior = self.prior(command_id, fingerprint)
             if prior is not None:
                 self._count("duplicate")
                 return prior
         when = occurred_at or utc_now()
+        fresh = False
         for _ in range(self._max_attempts):
-            version, state = self.load(stream_id)
+            version, state = self.load(stream_id, fresh=fresh)
             try:
                 payloads = aggregates.decide(state, command)
             except LabelweaveError:
+                if not fresh:  # refuse only on the log's latest state, never on a cached one
+                    fresh = True
+                    continue
                 self._count("refused")
                 raise
             envelopes = [
@@ -175,6 +191,7 @@ class CommandBus:
                 )
             except WrongExpectedVersion:
                 self._count("conflict")
+                fresh = True
                 continue
             if result.duplicate:
                 self._count("duplicate")

@@ -8,6 +8,7 @@ already durable and nothing half-written remains).
 
 from __future__ import annotations
 
+import gc
 import logging
 import signal
 import threading
@@ -59,9 +60,19 @@ class RunningServer:
         self.app.close()
 
 
+def _tune_gc() -> None:
+    """A long-running server with a large state cache: full collections of a few hundred MB of
+    live objects paused every thread for ~0.5 s (p99 spikes). Freeze what start-up built and
+    collect the young generation less often; reference cycles are rare in our code."""
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(50_000, 50, 100)
+
+
 def start(settings: Settings, *, clock: Clock | None = None) -> RunningServer:
     app = Application.open(settings, clock=clock)
     app.start()
+    _tune_gc()
     server = grpc.server(
         futures.ThreadPoolExecutor(max_workers=settings.grpc_workers, thread_name_prefix="grpc"),
         options=[

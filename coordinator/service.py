@@ -10,6 +10,8 @@ consistent with the log; lists and queues come from projections (eventually cons
 from __future__ import annotations
 
 import logging
+import threading
+import time
 from collections.abc import Iterator
 from datetime import datetime, timedelta
 from typing import TypeVar
@@ -95,6 +97,8 @@ class Service:
         # callable(Position-string) -> None: blocks until projections applied that position
         self._wait = wait_for_projection
         self._principals = TtlCache(ttl=2.0)
+        self._claims: set[str] = set()
+        self._claims_lock = threading.Lock()
 
     # ------------------------------------------------------------------ helpers
 
@@ -119,7 +123,10 @@ class Service:
     def _load(self, kind: str, ident: str, cls: type[S], field: str) -> S:
         if not ident:
             raise InvalidArgument("required", field=field)
-        _, state = self.bus.load(f"{kind}:{ident}")
+        # The bus cache is authoritative for this process's own appends; a state made stale by
+        # another writer is caught by the version check when a command is decided on it.
+        # (On a cache miss the bus reads the log.)
+        _, state = self.bus.load(f"{kind}:{ident}", fresh=False)
         if not isinstance(state, cls):
             raise NotFound(f"no {kind} {ident!r}", field=field)
         return state
@@ -159,7 +166,10 @@ class Service:
         command_id: str,
         fp: str,
     ) -> Outcome:
-        return self.bus.execute(cmd, actor=self._actor(who), command_id=command_id, fingerprint=fp)
+        # every caller of _exec has looked the command id up already (or has none to look up)
+        return self.bus.execute(
+            cmd, actor=self._actor(who), command_id=command_id, fingerprint=fp, prior_checked=True
+        )
 
     def _settle(self, outcome: Outcome) -> None:
         """Read-your-writes for rare admin changes: wait until projections include them."""
@@ -566,25 +576,46 @@ class Service:
     def _lease_first(self, who: Principal, project_id: str, command_id: str, fp: str) -> Outcome | None:
         """Lease the best candidate from the (eventually consistent) queue projection.
 
-        Candidates the bus already knows to be full or taken by this person are skipped without
-        I/O; a refused lease just moves on, since the queue may lag the log.
+        Concurrent callers all see the same best-first list; without care they would all race
+        for its head and all but one would lose an append. So a candidate another request of
+        this process is already trying is skipped (an in-process claim), and candidates the
+        bus already knows to be full are skipped without I/O. A refused lease just moves on.
         """
         cid = command_id or codec.uuid7()
-        candidates = queries.queue_candidates(self.store, project_id, who.skills, limit=64)
-        now = self.clock()
-        for task_id in candidates:
-            cached = self.bus.peek(f"task:{task_id}")
-            if isinstance(cached, TaskState) and not _could_lease(cached, who.person_id, now):
-                continue
-            try:
-                return self.bus.execute(
-                    C.LeaseTask(task_id, codec.uuid7(), who.person_id, who.skills, now),
-                    actor=self._actor(who),
-                    command_id=cid,
-                    fingerprint=fp,
-                )
-            except (FailedPrecondition, NotFound, PermissionDenied):
-                continue
+        limit = 16
+        for attempt in range(4):
+            candidates = queries.queue_candidates(self.store, project_id, who.skills, limit=limit)
+            now = self.clock()
+            skipped = 0
+            for task_id in candidates:
+                cached = self.bus.peek(f"task:{task_id}")
+                if isinstance(cached, TaskState) and not _could_lease(cached, who.person_id, now):
+                    skipped += 1  # full or ours already; the queue projection has not caught up yet
+                    continue
+                with self._claims_lock:
+                    if task_id in self._claims:
+                        skipped += 1
+                        continue
+                    self._claims.add(task_id)
+                try:
+                    return self.bus.execute(
+                        C.LeaseTask(task_id, codec.uuid7(), who.person_id, who.skills, now),
+                        actor=self._actor(who),
+                        command_id=cid,
+                        fingerprint=fp,
+                        prior_checked=True,
+                    )
+                except (FailedPrecondition, NotFound, PermissionDenied):
+                    continue
+                finally:
+                    with self._claims_lock:
+                        self._claims.discard(task_id)
+            if not skipped:
+                return None  # every candidate was really refused: nothing for this person
+            if len(candidates) == limit:
+                limit *= 4  # the head of the queue is taken: look further down
+            else:
+                time.sleep(0.002 * (attempt + 1))  # others are mid-lease on what is left
         return None
 
     def release_task(self, who: Principal, req: api_pb2.ReleaseTaskRequest) -> api_pb2.Task:
