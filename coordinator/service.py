@@ -70,6 +70,17 @@ ANN_STATUS = {
 MAX_IMPORT = 10_000
 
 
+E = TypeVar("E", bound=Message)
+
+
+def _event_of(outcome: Outcome, kind: type[E]) -> E:
+    """The event of `kind` in a (possibly replayed) outcome: the answer to rebuild."""
+    event = outcome.first(kind)
+    if not isinstance(event, kind):
+        raise FailedPrecondition("command_id belongs to another kind of command", field="command_id")
+    return event
+
+
 def _request_fingerprint(method: str, request: Message) -> str:
     clone = type(request)()
     clone.CopyFrom(request)
@@ -649,7 +660,8 @@ class Service:
 
     def submit(self, who: Principal, req: api_pb2.SubmitRequest) -> api_pb2.SubmitResponse:
         who.require(ANNOTATE, "Submit")
-        prior = self.bus.prior(req.command_id, _request_fingerprint("Submit", req))
+        fp = _request_fingerprint("Submit", req)
+        prior = self.bus.prior(req.command_id, fp)
         if prior is None:
             task = self._task(req.task_id)
             lease = task.leases.get(req.lease_id)
@@ -672,18 +684,17 @@ class Service:
                     self.clock(),
                 ),
                 req.command_id,
-                _request_fingerprint("Submit", req),
+                fp,
             )
-        submitted = prior.first(events_pb2.AnnotationSubmitted)
-        if not isinstance(submitted, events_pb2.AnnotationSubmitted):
-            raise FailedPrecondition("command_id belongs to another kind of command", field="command_id")
+        submitted = _event_of(prior, events_pb2.AnnotationSubmitted)
         return api_pb2.SubmitResponse(
             annotation_id=submitted.annotation_id, version=submitted.version, position=prior.position
         )
 
     def edit_annotation(self, who: Principal, req: api_pb2.EditAnnotationRequest) -> api_pb2.SubmitResponse:
         who.require(ANNOTATE, "EditAnnotation")
-        prior = self.bus.prior(req.command_id, _request_fingerprint("EditAnnotation", req))
+        fp = _request_fingerprint("EditAnnotation", req)
+        prior = self.bus.prior(req.command_id, fp)
         if prior is None:
             task = self._task(req.task_id)
             if not req.annotation_id:
@@ -701,18 +712,17 @@ class Service:
                     project.guideline_version,
                 ),
                 req.command_id,
-                _request_fingerprint("EditAnnotation", req),
+                fp,
             )
-        edited = prior.first(events_pb2.AnnotationEdited)
-        if not isinstance(edited, events_pb2.AnnotationEdited):
-            raise FailedPrecondition("command_id belongs to another kind of command", field="command_id")
+        edited = _event_of(prior, events_pb2.AnnotationEdited)
         return api_pb2.SubmitResponse(
             annotation_id=edited.annotation_id, version=edited.version, position=prior.position
         )
 
     def review(self, who: Principal, req: api_pb2.ReviewRequest) -> api_pb2.ReviewResponse:
         who.require(REVIEW, "Review")
-        prior = self.bus.prior(req.command_id, _request_fingerprint("Review", req))
+        fp = _request_fingerprint("Review", req)
+        prior = self.bus.prior(req.command_id, fp)
         if prior is None:
             task = self._task(req.task_id)
             project = self._project(task.project_id)
@@ -738,11 +748,9 @@ class Service:
                     project.guideline_version,
                 ),
                 req.command_id,
-                _request_fingerprint("Review", req),
+                fp,
             )
-        recorded = prior.first(events_pb2.ReviewRecorded)
-        if not isinstance(recorded, events_pb2.ReviewRecorded):
-            raise FailedPrecondition("command_id belongs to another kind of command", field="command_id")
+        recorded = _event_of(prior, events_pb2.ReviewRecorded)
         task_now = self._task(recorded.task_id)
         return api_pb2.ReviewResponse(
             task_status=STATUS[task_now.status], version=recorded.version, position=prior.position
