@@ -466,3 +466,28 @@ def test_switching_stores_resumes_from_the_new_store_checkpoint() -> None:
     assert runner.applied == {}
     assert runner.catch_up() == work.events
     assert metric_totals(fresh) == work.counts
+
+
+def test_a_complete_cache_that_evicts_still_reads_evicted_rows_and_skips_unknown_ones() -> None:
+    from consumers.runner import DocCache, _ReadThrough
+    from projections.base import Put
+    from projections.memory import MemoryStore
+
+    store = MemoryStore()
+    cache = DocCache(capacity=10)
+    cache.complete = True
+    changes = [Put("c", f"k{i}", "", {"i": i}) for i in range(30)]
+    store.commit("t", changes, {0: 30})
+    cache.remember(changes)  # evicts the oldest rows
+    assert len(cache.docs) <= 10
+    reads: list[tuple[str, str, str]] = []
+
+    class Counting(MemoryStore):
+        def get(self, collection: str, pk: str, sk: str = "") -> dict[str, object] | None:
+            reads.append((collection, pk, sk))
+            return store.get(collection, pk, sk)
+
+    through = _ReadThrough(Counting(), cache)
+    assert through.get("c", "k0") == {"i": 0}  # evicted: read from the store
+    assert through.get("c", "never") is None  # never written: no read
+    assert reads == [("c", "k0", "")]
