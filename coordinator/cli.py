@@ -133,6 +133,27 @@ def label_record(event: api_pb2.LabelEvent) -> dict[str, Any]:
     }
 
 
+def export_record(item: api_pb2.ExportedLabel) -> dict[str, Any]:
+    """One exported label: the latest accepted version with its provenance and resume cursor."""
+    label = item.label
+    return {
+        "project_id": label.project_id,
+        "task_id": label.task_id,
+        "annotation_id": label.annotation_id,
+        "version": label.version,
+        "author_id": label.author_id,
+        "accepted_by": label.accepted_by,
+        "data_uri": label.data_uri,
+        "label_schema_version": label.label_schema_version,
+        "guideline_version": label.guideline_version,
+        "annotation": _to_dict(label.annotation),
+        "cursor": item.cursor,
+        "position": item.position,
+        "event_id": item.event_id,
+        "accepted_at": item.accepted_at.ToJsonString(),
+    }
+
+
 def _json_line(record: dict[str, Any]) -> str:
     # sorted keys: the same labels export to the same bytes (diffable, checksummable)
     return json.dumps(record, ensure_ascii=False, separators=(",", ":"), sort_keys=True) + "\n"
@@ -429,13 +450,13 @@ def cmd_export(args: argparse.Namespace) -> int:
     count = 0
     with contextlib.ExitStack() as stack:
         # resuming appends to the earlier export; a fresh export truncates
-        mode = "a" if args.resume_token else "w"
+        mode = "a" if args.cursor else "w"
         out: IO[str] = (
             stack.enter_context(Path(args.out).open(mode, encoding="utf-8")) if args.out else sys.stdout
         )
         lw = stack.enter_context(_client(args))
-        for event in lw.subscribe_labels_resilient(args.project_id, args.resume_token, follow=False):
-            out.write(_json_line(label_record(event)))
+        for item in lw.export_labels(args.project_id, args.cursor):
+            out.write(_json_line(export_record(item)))
             count += 1
             if count % 1000 == 0:
                 out.flush()
@@ -610,7 +631,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = command(sub, "export", cmd_export, "write accepted labels as JSONL", parents=[client])
     p.add_argument("project_id", metavar="PROJECT")
     p.add_argument("--out", default=None, help="output file (default: stdout; appended to when resuming)")
-    p.add_argument("--resume-token", default="", help="continue after this label's resume_token")
+    p.add_argument(
+        "--cursor", default="", help="continue after the label with this cursor (resumes an export)"
+    )
     p = command(
         sub, "subscribe", cmd_subscribe, "follow accepted labels live, one JSON line each", parents=[client]
     )

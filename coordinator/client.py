@@ -542,6 +542,12 @@ class LabelweaveClient:
         req = api_pb2.SubscribeLabelsRequest(project_id=project_id, resume_token=resume_token, follow=follow)
         return self._stream(self._streams.SubscribeLabels, req, None)
 
+    def export_labels(self, project_id: str, cursor: str = "") -> Iterator[api_pb2.ExportedLabel]:
+        """The latest accepted label of every (task, annotation), superseded ones excluded, in
+        task order. Resume an interrupted export with the `cursor` of the last label received."""
+        req = api_pb2.ExportLabelsRequest(project_id=project_id, cursor=cursor)
+        return self._stream(self._streams.ExportLabels, req, None)
+
     def subscribe_labels_resilient(
         self,
         project_id: str,

@@ -16,6 +16,7 @@ from collections.abc import Iterator
 from datetime import datetime, timedelta
 from typing import TypeVar
 
+from google.protobuf import json_format
 from google.protobuf.message import Message
 
 from coordinator._pb.labelweave.api.v1 import api_pb2
@@ -863,6 +864,39 @@ class Service:
                 self.log.wait(cursor, 0.5)
         finally:
             self.metrics.label_subscribers.dec()
+
+    def export_labels(
+        self, who: Principal, req: api_pb2.ExportLabelsRequest, active: object
+    ) -> Iterator[api_pb2.ExportedLabel]:
+        """The latest accepted label per (task, annotation), read page by page from the projection
+        so memory stays flat whatever the project's size; the cursor is the row's sort key."""
+        who.require((R.ROLE_ADMIN, R.ROLE_MANAGER, R.ROLE_AUDITOR, R.ROLE_ML_CLIENT), "ExportLabels")
+        project = self._project(req.project_id)
+        self._member_or_admin(who, project)
+        cursor = req.cursor
+        while active():  # type: ignore[operator]
+            page = queries.accepted_labels(self.store, req.project_id, after=cursor, limit=500)
+            for sk, doc in page:
+                cursor = sk
+                label = events_pb2.AnnotationAccepted(
+                    task_id=doc["task_id"],
+                    annotation_id=doc["annotation_id"],
+                    version=doc["version"],
+                    author_id=doc["author_id"],
+                    accepted_by=doc["accepted_by"],
+                    project_id=req.project_id,
+                    label_schema_version=doc["label_schema_version"],
+                    guideline_version=doc["guideline_version"],
+                    data_uri=doc["data_uri"],
+                )
+                json_format.ParseDict(doc["annotation"], label.annotation)
+                out = api_pb2.ExportedLabel(
+                    cursor=sk, label=label, position=doc.get("position", ""), event_id=doc["event_id"]
+                )
+                out.accepted_at.FromMilliseconds(doc["recorded_ms"])
+                yield out
+            if len(page) < 500:
+                return
 
     def read_events(
         self, who: Principal, req: api_pb2.ReadEventsRequest, active: object

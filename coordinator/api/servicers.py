@@ -301,6 +301,13 @@ class LabelStreamServicer(_Base, api_pb2_grpc.LabelStreamServiceServicer):
             "ReadEvents", context, lambda w: self.service.read_events(w, request, context.is_active)
         )
 
+    def ExportLabels(
+        self, request: api_pb2.ExportLabelsRequest, context: grpc.ServicerContext
+    ) -> Iterator[api_pb2.ExportedLabel]:
+        return self._stream(
+            "ExportLabels", context, lambda w: self.service.export_labels(w, request, context.is_active)
+        )
+
 
 def add_servicers(server: grpc.Server, service: Service) -> list[str]:
     """Register every servicer; returns the full service names (for health and reflection)."""

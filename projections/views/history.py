@@ -131,6 +131,7 @@ class HistoryView:
                     "data_uri": a.data_uri,
                     "annotation": self._annotation(a.annotation),
                     "offset": event.position.offset,
+                    "position": str(event.position),
                     "event_id": env.event_id,
                     "recorded_ms": ts_ms(env.recorded_at),
                 },

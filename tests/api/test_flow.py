@@ -349,3 +349,61 @@ def test_metrics_are_served_with_bounded_labels(team: tuple[Env, Stubs, Stubs, S
     assert "labelweave_events_appended_total" in text
     assert "labelweave_projection_lag_events" in text
     assert "ann" not in text and "t1" not in text  # no per-person or per-task label values
+
+
+def test_export_has_only_the_latest_accepted_labels_while_the_stream_keeps_history(
+    team: tuple[Env, Stubs, Stubs, Stubs],
+) -> None:
+    env, ann, bob, rev = team
+    imp(env, image_task("t1"), image_task("t2"))
+
+    def annotate(who: Stubs, tag: str, x: float) -> None:
+        n = who.tasks.NextTask(
+            api_pb2.NextTaskRequest(command_id=f"n{tag}", project_id="p1"), metadata=who.md
+        )
+        s = who.tasks.Submit(
+            api_pb2.SubmitRequest(
+                command_id=f"s{tag}", task_id=n.task.task_id, lease_id=n.lease.lease_id, annotation=box(x=x)
+            ),
+            metadata=who.md,
+        )
+        rev.tasks.Review(
+            api_pb2.ReviewRequest(
+                command_id=f"r{tag}",
+                task_id=n.task.task_id,
+                annotation_id=s.annotation_id,
+                version=1,
+                verdict=M.VERDICT_ACCEPT,
+            ),
+            metadata=rev.md,
+        )
+
+    annotate(ann, "1", 10)
+    annotate(ann, "2", 20)
+    env.admin.tasks.ReopenTask(
+        api_pb2.ReopenTaskRequest(command_id="re", task_id="t1", reason="guideline v2"), metadata=env.admin.md
+    )
+    env.server.app.runner.catch_up()
+    annotate(bob, "3", 30)  # the reopened t1, second round
+    env.server.app.runner.catch_up()
+
+    exported = list(
+        env.admin.streams.ExportLabels(api_pb2.ExportLabelsRequest(project_id="p1"), metadata=env.admin.md)
+    )
+    assert [(e.label.task_id, e.label.author_id, e.label.annotation.shapes[0].box.x) for e in exported] == [
+        ("t1", "bob", 30),
+        ("t2", "ann", 20),
+    ]
+    assert all(e.position and e.event_id and e.accepted_at.seconds for e in exported)
+    rest = list(
+        env.admin.streams.ExportLabels(
+            api_pb2.ExportLabelsRequest(project_id="p1", cursor=exported[0].cursor), metadata=env.admin.md
+        )
+    )
+    assert [e.label.task_id for e in rest] == ["t2"]
+    streamed = list(
+        env.admin.streams.SubscribeLabels(
+            api_pb2.SubscribeLabelsRequest(project_id="p1"), metadata=env.admin.md
+        )
+    )
+    assert len(streamed) == 3  # the feed is the history: the superseded acceptance is in it too

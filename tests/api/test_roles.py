@@ -231,6 +231,12 @@ MATRIX: dict[str, tuple[set[str], Call]] = {
             )
         ),
     ),
+    "ExportLabels": (
+        {"admin", "manager", "auditor", "ml-client"},
+        lambda s, r: _drain(
+            s.streams.ExportLabels(api_pb2.ExportLabelsRequest(project_id="p1"), metadata=s.md)
+        ),
+    ),
     "ReadEvents": (
         {"admin", "auditor"},
         lambda s, r: _drain(s.streams.ReadEvents(api_pb2.ReadEventsRequest(limit=5), metadata=s.md)),

@@ -54,7 +54,10 @@ LABEL_FIELDS = (
     "label_schema_version",
     "guideline_version",
     "annotation",
-    "resume_token",
+    "cursor",
+    "position",
+    "event_id",
+    "accepted_at",
 )
 SIM_TASKS = 60
 
@@ -273,7 +276,7 @@ def test_export_writes_one_jsonl_line_per_accepted_label_with_provenance(
     assert len(done) == SIM_TASKS
     assert {r["task_id"] for r in records} == {line.split("\t")[0] for line in done}
     assert len(records) == SIM_TASKS  # overlap 1: exactly one accepted label per task
-    assert len({r["resume_token"] for r in records}) == len(records)
+    assert len({r["cursor"] for r in records}) == len(records)
     for record in records:
         missing = [f for f in LABEL_FIELDS if f not in record]
         assert not missing, (missing, record)
@@ -284,16 +287,16 @@ def test_export_writes_one_jsonl_line_per_accepted_label_with_provenance(
         assert record["label_schema_version"] == 1
         assert record["guideline_version"] == 1
         assert record["annotation"]["shapes"], record
-        assert record["resume_token"]
+        assert record["cursor"]
 
 
-def test_export_with_resume_token_continues_after_it_without_duplicates(
+def test_export_with_a_cursor_continues_after_it_without_duplicates(
     shared: Server, exported: list[dict[str, Any]]
 ) -> None:
     middle = len(exported) // 2
-    token = exported[middle - 1]["resume_token"]
+    token = exported[middle - 1]["cursor"]
 
-    rest = jsonl(ok(shared.cli("export", "demo2", "--resume-token", token)).stdout)
+    rest = jsonl(ok(shared.cli("export", "demo2", "--cursor", token)).stdout)
     assert rest == exported[middle:]
 
     # an interrupted export to a file: resuming appends the remainder, nothing twice
@@ -301,14 +304,14 @@ def test_export_with_resume_token_continues_after_it_without_duplicates(
     out_file.write_text(
         "".join(json.dumps(r, separators=(",", ":")) + "\n" for r in exported[:middle]), encoding="utf-8"
     )
-    result = ok(shared.cli("export", "demo2", "--out", str(out_file), "--resume-token", token))
+    result = ok(shared.cli("export", "demo2", "--out", str(out_file), "--cursor", token))
     assert f"exported {len(exported) - middle} labels" in result.stderr
     records = jsonl(out_file.read_text(encoding="utf-8"))
     assert records == exported
     assert len({(r["annotation_id"], r["version"]) for r in records}) == len(records)
 
-    last = exported[-1]["resume_token"]
-    tail = ok(shared.cli("export", "demo2", "--resume-token", last))
+    last = exported[-1]["cursor"]
+    tail = ok(shared.cli("export", "demo2", "--cursor", last))
     assert tail.stdout == ""
     assert "exported 0 labels" in tail.stderr
 
@@ -356,7 +359,13 @@ def test_subscribe_prints_accepted_labels_as_json_lines_until_terminated(
         if proc.poll() is None:
             proc.kill()
     assert "Traceback" not in stderr
-    assert jsonl(out.read_text(encoding="utf-8")) == exported
+    streamed = jsonl(out.read_text(encoding="utf-8"))
+    # no task was reopened, so the feed (log order) and the export (task order) hold the same labels
+    key = ("task_id", "annotation_id", "version", "event_id", "annotation")
+    assert sorted([r[k] for k in key[:4]] for r in streamed) == sorted(
+        [r[k] for k in key[:4]] for r in exported
+    )
+    assert all(r["resume_token"] for r in streamed)
 
 
 def test_subscribe_follows_labels_accepted_while_it_runs(shared: Server) -> None:

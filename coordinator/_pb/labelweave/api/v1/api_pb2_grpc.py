@@ -1235,6 +1235,11 @@ class LabelStreamServiceStub:
                 request_serializer=labelweave_dot_api_dot_v1_dot_api__pb2.ReadEventsRequest.SerializeToString,
                 response_deserializer=labelweave_dot_api_dot_v1_dot_api__pb2.HistoryEntry.FromString,
                 _registered_method=True)
+        self.ExportLabels = channel.unary_stream(
+                '/labelweave.api.v1.LabelStreamService/ExportLabels',
+                request_serializer=labelweave_dot_api_dot_v1_dot_api__pb2.ExportLabelsRequest.SerializeToString,
+                response_deserializer=labelweave_dot_api_dot_v1_dot_api__pb2.ExportedLabel.FromString,
+                _registered_method=True)
 
 
 class LabelStreamServiceServicer:
@@ -1257,6 +1262,15 @@ class LabelStreamServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ExportLabels(self, request, context):
+        """Exports: the latest accepted label of every (task, annotation) of a project, superseded
+        ones (reopened tasks) excluded, in task order from the projection, streamed. Resume with
+        the `cursor` of the last message received.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_LabelStreamServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -1269,6 +1283,11 @@ def add_LabelStreamServiceServicer_to_server(servicer, server):
                     servicer.ReadEvents,
                     request_deserializer=labelweave_dot_api_dot_v1_dot_api__pb2.ReadEventsRequest.FromString,
                     response_serializer=labelweave_dot_api_dot_v1_dot_api__pb2.HistoryEntry.SerializeToString,
+            ),
+            'ExportLabels': grpc.unary_stream_rpc_method_handler(
+                    servicer.ExportLabels,
+                    request_deserializer=labelweave_dot_api_dot_v1_dot_api__pb2.ExportLabelsRequest.FromString,
+                    response_serializer=labelweave_dot_api_dot_v1_dot_api__pb2.ExportedLabel.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -1327,6 +1346,33 @@ class LabelStreamService:
             '/labelweave.api.v1.LabelStreamService/ReadEvents',
             labelweave_dot_api_dot_v1_dot_api__pb2.ReadEventsRequest.SerializeToString,
             labelweave_dot_api_dot_v1_dot_api__pb2.HistoryEntry.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ExportLabels(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/labelweave.api.v1.LabelStreamService/ExportLabels',
+            labelweave_dot_api_dot_v1_dot_api__pb2.ExportLabelsRequest.SerializeToString,
+            labelweave_dot_api_dot_v1_dot_api__pb2.ExportedLabel.FromString,
             options,
             channel_credentials,
             insecure,

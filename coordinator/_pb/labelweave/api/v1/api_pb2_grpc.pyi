@@ -316,6 +316,11 @@ class LabelStreamServiceStub:
     """
     ReadEvents: _grpc.UnaryStreamMultiCallable[_api_pb2.ReadEventsRequest, _api_pb2.HistoryEntry]
     """Auditors: every event in log order from a position, up to a position or time."""
+    ExportLabels: _grpc.UnaryStreamMultiCallable[_api_pb2.ExportLabelsRequest, _api_pb2.ExportedLabel]
+    """Exports: the latest accepted label of every (task, annotation) of a project, superseded
+    ones (reopened tasks) excluded, in task order from the projection, streamed. Resume with
+    the `cursor` of the last message received.
+    """
 
 @_typing.type_check_only
 class LabelStreamServiceAsyncStub(LabelStreamServiceStub):
@@ -328,6 +333,11 @@ class LabelStreamServiceAsyncStub(LabelStreamServiceStub):
     """
     ReadEvents: _aio.UnaryStreamMultiCallable[_api_pb2.ReadEventsRequest, _api_pb2.HistoryEntry]  # type: ignore[assignment]
     """Auditors: every event in log order from a position, up to a position or time."""
+    ExportLabels: _aio.UnaryStreamMultiCallable[_api_pb2.ExportLabelsRequest, _api_pb2.ExportedLabel]  # type: ignore[assignment]
+    """Exports: the latest accepted label of every (task, annotation) of a project, superseded
+    ones (reopened tasks) excluded, in task order from the projection, streamed. Resume with
+    the `cursor` of the last message received.
+    """
 
 class LabelStreamServiceServicer(metaclass=_abc_1.ABCMeta):
     """---------------------------------------------------------------- streams"""
@@ -349,5 +359,16 @@ class LabelStreamServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_abc.Iterator[_api_pb2.HistoryEntry], _abc.AsyncIterator[_api_pb2.HistoryEntry]]:
         """Auditors: every event in log order from a position, up to a position or time."""
+
+    @_abc_1.abstractmethod
+    def ExportLabels(
+        self,
+        request: _api_pb2.ExportLabelsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_abc.Iterator[_api_pb2.ExportedLabel], _abc.AsyncIterator[_api_pb2.ExportedLabel]]:
+        """Exports: the latest accepted label of every (task, annotation) of a project, superseded
+        ones (reopened tasks) excluded, in task order from the projection, streamed. Resume with
+        the `cursor` of the last message received.
+        """
 
 def add_LabelStreamServiceServicer_to_server(servicer: LabelStreamServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
