@@ -27,6 +27,7 @@ from coordinator.domain import aggregates
 from coordinator.domain import commands as C
 from coordinator.domain.person import PersonState
 from coordinator.domain.project import ProjectState
+from coordinator.domain.schedule import schedule_from_spec, shift_remaining
 from coordinator.domain.task import TaskState
 from coordinator.domain.validation import validate_annotation, validate_id, validate_task_spec
 from coordinator.errors import (
@@ -594,19 +595,31 @@ class Service:
         bus already knows to be full are skipped without I/O. A refused lease just moves on.
         """
         cid = command_id or codec.uuid7()
+        now = self.clock()
+        person = self._person(who.person_id)
+        schedule = schedule_from_spec(person.spec.time_zone, person.spec.schedule)
+        left: float | None = None  # seconds of shift left; None: no schedule, always available
+        if schedule is not None:
+            left = shift_remaining(schedule, now).total_seconds()
+            if left <= 0:
+                return None  # off shift: no work is leased outside working hours
         limit = 16
         for attempt in range(4):
             candidates = queries.queue_candidates(self.store, project_id, who.skills, limit=limit)
-            now = self.clock()
-            skipped = 0
+            contended = passed = 0
             for task_id in candidates:
                 cached = self.bus.peek(f"task:{task_id}")
                 if isinstance(cached, TaskState) and not _could_lease(cached, who.person_id, now):
-                    skipped += 1  # full or ours already; the queue projection has not caught up yet
+                    contended += 1  # full or ours already; the queue projection has not caught up yet
                     continue
+                if left is not None:
+                    task = cached if isinstance(cached, TaskState) else self._task(task_id)
+                    if task.spec.expected_seconds > left:
+                        passed += 1  # cannot be finished before this shift ends
+                        continue
                 with self._claims_lock:
                     if task_id in self._claims:
-                        skipped += 1
+                        contended += 1
                         continue
                     self._claims.add(task_id)
                 try:
@@ -622,12 +635,14 @@ class Service:
                 finally:
                     with self._claims_lock:
                         self._claims.discard(task_id)
-            if not skipped:
+            if not (contended or passed):
                 return None  # every candidate was really refused: nothing for this person
             if len(candidates) == limit:
-                limit *= 4  # the head of the queue is taken: look further down
-            else:
+                limit *= 4  # the head of the queue is taken or too long: look further down
+            elif contended:
                 time.sleep(0.002 * (attempt + 1))  # others are mid-lease on what is left
+            else:
+                return None
         return None
 
     def release_task(self, who: Principal, req: api_pb2.ReleaseTaskRequest) -> api_pb2.Task:

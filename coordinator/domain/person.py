@@ -19,6 +19,7 @@ from google.protobuf.message import Message
 from coordinator._pb.labelweave.events.v1 import events_pb2, model_pb2
 from coordinator.domain.commands import IssueToken, PersonCommand, RegisterPerson, RevokeToken, UpdatePerson
 from coordinator.domain.ids import check_id, require_aware, to_datetime, to_timestamp
+from coordinator.domain.schedule import schedule_from_spec
 from coordinator.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound
 
 PERSON_EVENTS: Final[tuple[type[Message], ...]] = (
@@ -81,6 +82,7 @@ def validate_person_spec(spec: model_pb2.PersonSpec) -> None:
         if skill.name in seen:
             raise InvalidArgument(f"duplicate skill {skill.name!r}", field=f"person.skills[{i}].name")
         seen.add(skill.name)
+    schedule_from_spec(spec.time_zone, spec.schedule)
 
 
 def _is_time_zone(name: str) -> bool:

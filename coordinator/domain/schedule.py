@@ -31,6 +31,7 @@ from types import MappingProxyType
 from typing import Final
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
+from coordinator._pb.labelweave.events.v1 import model_pb2
 from coordinator.domain.ids import require_aware
 from coordinator.errors import InvalidArgument
 
@@ -319,3 +320,40 @@ def sla_risk(
 ) -> bool:
     """True when the deadline cannot be met by the capacity on shift between now and the deadline."""
     return not assess_sla(deadline_utc, remaining_tasks, schedules, now_utc).meets
+
+
+def _parse_time(text: str, field: str) -> time:
+    try:
+        hours, minutes = text.split(":")
+        return time(int(hours), int(minutes))
+    except ValueError:
+        raise InvalidArgument(f"{text!r} is not a local time HH:MM", field=field) from None
+
+
+def schedule_from_spec(
+    time_zone: str, spec: model_pb2.WorkScheduleSpec, *, field: str = "person.schedule"
+) -> WorkSchedule | None:
+    """The validated schedule of a person's `WorkScheduleSpec`; None when it has no shifts
+    (the person is always available)."""
+    if not spec.shifts:
+        if spec.days_off:
+            raise InvalidArgument("days off without any shift", field=f"{field}.days_off")
+        return None
+    shifts = tuple(
+        Shift(
+            weekday=int(sh.weekday),
+            start=_parse_time(sh.start, f"{field}.shifts[{i}].start"),
+            end=_parse_time(sh.end, f"{field}.shifts[{i}].end"),
+        )
+        for i, sh in enumerate(spec.shifts)
+    )
+    days: set[date] = set()
+    for i, text in enumerate(spec.days_off):
+        try:
+            days.add(date.fromisoformat(text))
+        except ValueError:
+            message = f"{text!r} is not a date YYYY-MM-DD"
+            raise InvalidArgument(message, field=f"{field}.days_off[{i}]") from None
+    schedule = WorkSchedule(time_zone, shifts, frozenset(days), float(spec.capacity_per_hour))
+    validate_schedule(schedule, field)
+    return schedule

@@ -48,6 +48,7 @@ ID_PATTERN: Final = r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$"
 
 MAX_DATA_URI: Final = 2048
 MAX_OVERLAP: Final = 100
+MAX_EXPECTED_SECONDS: Final = 86_400  # a task longer than any shift could never be routed
 PRIORITY_RANGE: Final = (-1000, 1000)
 MAX_METADATA_BYTES: Final = 64 * 1024
 QUATERNION_TOLERANCE: Final = 1e-6
@@ -1193,6 +1194,11 @@ def validate_task_spec(
         _fail(f"{mp}.text_length", f"text needs its length (> 0), got {media.text_length}")
     if spec.overlap > MAX_OVERLAP:
         _fail(f"{field}.overlap", f"must be at most {MAX_OVERLAP}, got {spec.overlap}")
+    if spec.expected_seconds > MAX_EXPECTED_SECONDS:
+        _fail(
+            f"{field}.expected_seconds",
+            f"must be at most {MAX_EXPECTED_SECONDS} (a day), got {spec.expected_seconds}",
+        )
     lo, hi = PRIORITY_RANGE
     if not lo <= spec.priority <= hi:
         _fail(f"{field}.priority", f"must be in [{lo}, {hi}], got {spec.priority}")

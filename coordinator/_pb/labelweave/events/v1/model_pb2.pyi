@@ -467,6 +467,7 @@ class TaskSpec(_message.Message):
     REQUIRED_SKILLS_FIELD_NUMBER: _builtins.int
     OVERLAP_FIELD_NUMBER: _builtins.int
     PRELABEL_FIELD_NUMBER: _builtins.int
+    EXPECTED_SECONDS_FIELD_NUMBER: _builtins.int
     task_id: _builtins.str
     """client-chosen or generated"""
     data_uri: _builtins.str
@@ -475,6 +476,8 @@ class TaskSpec(_message.Message):
     """higher first"""
     overlap: _builtins.int
     """0 → project default"""
+    expected_seconds: _builtins.int
+    """expected time on task; routing leases it only to people"""
     @_builtins.property
     def media(self) -> Global___MediaInfo: ...
     @_builtins.property
@@ -500,10 +503,11 @@ class TaskSpec(_message.Message):
         required_skills: _abc.Iterable[_builtins.str] | None = ...,
         overlap: _builtins.int = ...,
         prelabel: _annotation_pb2.Annotation | None = ...,
+        expected_seconds: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["deadline", b"deadline", "media", b"media", "prelabel", b"prelabel"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["data_uri", b"data_uri", "deadline", b"deadline", "media", b"media", "media_type", b"media_type", "metadata", b"metadata", "overlap", b"overlap", "prelabel", b"prelabel", "priority", b"priority", "required_skills", b"required_skills", "task_id", b"task_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["data_uri", b"data_uri", "deadline", b"deadline", "expected_seconds", b"expected_seconds", "media", b"media", "media_type", b"media_type", "metadata", b"metadata", "overlap", b"overlap", "prelabel", b"prelabel", "priority", b"priority", "required_skills", b"required_skills", "task_id", b"task_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -532,6 +536,66 @@ class Skill(_message.Message):
 Global___Skill: _TypeAlias = Skill  # noqa: Y015
 
 @_typing.final
+class ShiftSpec(_message.Message):
+    """A weekly shift in the person's local time ("HH:MM"); end <= start crosses midnight."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    WEEKDAY_FIELD_NUMBER: _builtins.int
+    START_FIELD_NUMBER: _builtins.int
+    END_FIELD_NUMBER: _builtins.int
+    weekday: _builtins.int
+    """0 = Monday"""
+    start: _builtins.str
+    end: _builtins.str
+    def __init__(
+        self,
+        *,
+        weekday: _builtins.int = ...,
+        start: _builtins.str = ...,
+        end: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["end", b"end", "start", b"start", "weekday", b"weekday"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ShiftSpec: _TypeAlias = ShiftSpec  # noqa: Y015
+
+@_typing.final
+class WorkScheduleSpec(_message.Message):
+    """When a person works, in their own time zone. No shifts: always available."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SHIFTS_FIELD_NUMBER: _builtins.int
+    DAYS_OFF_FIELD_NUMBER: _builtins.int
+    CAPACITY_PER_HOUR_FIELD_NUMBER: _builtins.int
+    capacity_per_hour: _builtins.float
+    """tasks per hour, for coverage and SLA views"""
+    @_builtins.property
+    def shifts(self) -> _containers.RepeatedCompositeFieldContainer[Global___ShiftSpec]: ...
+    @_builtins.property
+    def days_off(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """local dates, YYYY-MM-DD"""
+
+    def __init__(
+        self,
+        *,
+        shifts: _abc.Iterable[Global___ShiftSpec] | None = ...,
+        days_off: _abc.Iterable[_builtins.str] | None = ...,
+        capacity_per_hour: _builtins.float = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["capacity_per_hour", b"capacity_per_hour", "days_off", b"days_off", "shifts", b"shifts"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___WorkScheduleSpec: _TypeAlias = WorkScheduleSpec  # noqa: Y015
+
+@_typing.final
 class PersonSpec(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
@@ -540,6 +604,7 @@ class PersonSpec(_message.Message):
     ROLES_FIELD_NUMBER: _builtins.int
     SKILLS_FIELD_NUMBER: _builtins.int
     TIME_ZONE_FIELD_NUMBER: _builtins.int
+    SCHEDULE_FIELD_NUMBER: _builtins.int
     person_id: _builtins.str
     display_name: _builtins.str
     time_zone: _builtins.str
@@ -548,6 +613,8 @@ class PersonSpec(_message.Message):
     def roles(self) -> _containers.RepeatedScalarFieldContainer[Global___Role.ValueType]: ...
     @_builtins.property
     def skills(self) -> _containers.RepeatedCompositeFieldContainer[Global___Skill]: ...
+    @_builtins.property
+    def schedule(self) -> Global___WorkScheduleSpec: ...
     def __init__(
         self,
         *,
@@ -556,10 +623,11 @@ class PersonSpec(_message.Message):
         roles: _abc.Iterable[Global___Role.ValueType] | None = ...,
         skills: _abc.Iterable[Global___Skill] | None = ...,
         time_zone: _builtins.str = ...,
+        schedule: Global___WorkScheduleSpec | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["schedule", b"schedule"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["display_name", b"display_name", "person_id", b"person_id", "roles", b"roles", "skills", b"skills", "time_zone", b"time_zone"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["display_name", b"display_name", "person_id", b"person_id", "roles", b"roles", "schedule", b"schedule", "skills", b"skills", "time_zone", b"time_zone"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
