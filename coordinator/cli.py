@@ -112,10 +112,8 @@ def _offline_settings(args: argparse.Namespace) -> Settings:
     )
 
 
-def label_record(event: api_pb2.LabelEvent) -> dict[str, Any]:
-    """One accepted label as a self-contained JSON object (the export / subscribe line format)."""
-    label = event.label
-    envelope = event.envelope
+def _label_fields(label: Any) -> dict[str, Any]:
+    """The provenance every label line carries (an `AnnotationAccepted`)."""
     return {
         "project_id": label.project_id,
         "task_id": label.task_id,
@@ -127,6 +125,14 @@ def label_record(event: api_pb2.LabelEvent) -> dict[str, Any]:
         "label_schema_version": label.label_schema_version,
         "guideline_version": label.guideline_version,
         "annotation": _to_dict(label.annotation),
+    }
+
+
+def label_record(event: api_pb2.LabelEvent) -> dict[str, Any]:
+    """One accepted label of the feed as a self-contained JSON object (the subscribe line format)."""
+    envelope = event.envelope
+    return {
+        **_label_fields(event.label),
         "resume_token": event.resume_token,
         "event_id": envelope.event_id,
         "recorded_at": envelope.recorded_at.ToJsonString() if envelope.HasField("recorded_at") else "",
@@ -135,18 +141,8 @@ def label_record(event: api_pb2.LabelEvent) -> dict[str, Any]:
 
 def export_record(item: api_pb2.ExportedLabel) -> dict[str, Any]:
     """One exported label: the latest accepted version with its provenance and resume cursor."""
-    label = item.label
     return {
-        "project_id": label.project_id,
-        "task_id": label.task_id,
-        "annotation_id": label.annotation_id,
-        "version": label.version,
-        "author_id": label.author_id,
-        "accepted_by": label.accepted_by,
-        "data_uri": label.data_uri,
-        "label_schema_version": label.label_schema_version,
-        "guideline_version": label.guideline_version,
-        "annotation": _to_dict(label.annotation),
+        **_label_fields(item.label),
         "cursor": item.cursor,
         "position": item.position,
         "event_id": item.event_id,
