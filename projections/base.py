@@ -16,24 +16,23 @@ import abc
 import hashlib
 import json
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, NamedTuple, Protocol
 
 from coordinator.eventlog.base import Checkpoint, RecordedEvent
 
 Doc = dict[str, Any]
 
 
-@dataclass(frozen=True)
-class Put:
+class Put(NamedTuple):
+    # NamedTuples, not frozen dataclasses: a 100k-task rebuild builds ~0.8 M changes, and a
+    # frozen dataclass's __init__ (object.__setattr__ per field) was 20 % of its time.
     collection: str
     pk: str
     sk: str
     value: Doc
 
 
-@dataclass(frozen=True)
-class Delete:
+class Delete(NamedTuple):
     collection: str
     pk: str
     sk: str
