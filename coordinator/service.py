@@ -158,18 +158,21 @@ class Service:
             return
         raise PermissionDenied(f"{who.person_id} is not a member of project {project.project_id}")
 
-    def _may_see_task(self, who: Principal, task: TaskState, project: ProjectState) -> None:
+    def _may_see_task(self, who: Principal, task: TaskState, project: ProjectState) -> bool:
+        """Raise unless the caller may see the task; True if it sees all of it, False if only
+        its own part. Annotators see their own leases and annotations only, so work on a task
+        with overlap stays independent (nobody copies the first answer)."""
         if who.sees_everything:
-            return
+            return True
         if who.has(R.ROLE_MANAGER, R.ROLE_REVIEWER, R.ROLE_QA, R.ROLE_EXPERT, R.ROLE_ML_CLIENT) and (
             who.person_id in project.members
         ):
-            return
+            return True
         mine = any(lease.person_id == who.person_id for lease in task.leases.values()) or any(
             a.author_id == who.person_id for a in task.annotations.values()
         )
         if mine and who.person_id in project.members:
-            return
+            return False
         raise PermissionDenied(f"task {task.task_id} is not leased to or annotated by {who.person_id}")
 
     def _exec(
@@ -401,7 +404,8 @@ class Service:
 
     # ------------------------------------------------------------------ tasks: views
 
-    def task_view(self, task: TaskState, position: str = "") -> api_pb2.Task:
+    def task_view(self, task: TaskState, position: str = "", *, only: str = "") -> api_pb2.Task:
+        """The API view of a task; `only` limits leases and annotations to that person's."""
         out = api_pb2.Task(
             task_id=task.task_id,
             project_id=task.project_id,
@@ -412,6 +416,8 @@ class Service:
             position=position,
         )
         for lease in task.leases.values():
+            if only and lease.person_id != only:
+                continue
             out.leases.append(
                 api_pb2.Lease(
                     lease_id=lease.lease_id,
@@ -420,6 +426,8 @@ class Service:
                 )
             )
         for a in task.annotations.values():
+            if only and a.author_id != only:
+                continue
             out.annotations.append(
                 api_pb2.AnnotationSummary(
                     annotation_id=a.annotation_id,
@@ -437,8 +445,8 @@ class Service:
     def get_task(self, who: Principal, req: api_pb2.GetTaskRequest) -> api_pb2.Task:
         who.require(EVERYONE, "GetTask")
         task = self._task(req.task_id)
-        self._may_see_task(who, task, self._project(task.project_id))
-        return self.task_view(task)
+        full = self._may_see_task(who, task, self._project(task.project_id))
+        return self.task_view(task, only="" if full else who.person_id)
 
     def list_tasks(self, who: Principal, req: api_pb2.ListTasksRequest) -> api_pb2.ListTasksResponse:
         who.require(READ_ALL, "ListTasks")
@@ -807,7 +815,8 @@ class Service:
     def history(self, who: Principal, req: api_pb2.HistoryRequest) -> api_pb2.HistoryResponse:
         who.require(EVERYONE, "History")
         task = self._task(req.task_id)
-        self._may_see_task(who, task, self._project(task.project_id))
+        full = self._may_see_task(who, task, self._project(task.project_id))
+        mine = {a.annotation_id for a in task.annotations.values() if a.author_id == who.person_id}
         until = (
             Position.parse(req.as_of_position, field_name="as_of_position") if req.as_of_position else None
         )
@@ -819,12 +828,15 @@ class Service:
                 break
             if until_time is not None and codec.from_timestamp(ev.envelope.recorded_at) > until_time:
                 break
-            out.entries.append(api_pb2.HistoryEntry(position=str(ev.position), event=ev.envelope))
-            evolved = aggregates.evolve(state, codec.payload_of(ev.envelope))
+            payload = codec.payload_of(ev.envelope)
+            evolved = aggregates.evolve(state, payload)
             assert isinstance(evolved, TaskState)
             state = evolved
+            if full or _concerns(ev.envelope, payload, who.person_id, mine):
+                out.entries.append(api_pb2.HistoryEntry(position=str(ev.position), event=ev.envelope))
         if state is not None:
-            out.task.CopyFrom(self.task_view(state, out.entries[-1].position))
+            last = out.entries[-1].position if out.entries else ""
+            out.task.CopyFrom(self.task_view(state, last, only="" if full else who.person_id))
         return out
 
     def get_metrics(self, who: Principal, req: api_pb2.GetMetricsRequest) -> api_pb2.GetMetricsResponse:
@@ -941,6 +953,19 @@ class Service:
                     remaining -= 1
                     if remaining <= 0:
                         return
+
+
+_TASK_LEVEL = frozenset({"task_imported", "prelabel_ingested", "task_completed", "task_reopened"})
+
+
+def _concerns(envelope: events_pb2.EventEnvelope, payload: Message, person_id: str, mine: set[str]) -> bool:
+    """Whether an annotator may see this event of a task it works on: its own actions, what
+    happened to its own annotations, and task-level facts; never another annotator's work."""
+    if envelope.type in _TASK_LEVEL or envelope.actor.user_id == person_id:
+        return True
+    if getattr(payload, "person_id", "") == person_id:
+        return True
+    return getattr(payload, "annotation_id", "") in mine
 
 
 def _could_lease(task: TaskState, person_id: str, now: datetime) -> bool:

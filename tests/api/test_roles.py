@@ -377,3 +377,39 @@ def test_managers_cannot_grant_admin(env: Env) -> None:
             metadata=mgr.md,
         )
     assert err.value.code() == grpc.StatusCode.PERMISSION_DENIED
+
+
+def test_annotators_on_an_overlapping_task_never_see_each_others_work(env: Env) -> None:
+    ann = env.person("ann", R.ROLE_ANNOTATOR)
+    bob = env.person("bob", R.ROLE_ANNOTATOR)
+    rev = env.person("rev", R.ROLE_REVIEWER)
+    env.project("p1", overlap=2, members=("ann", "bob", "rev"))
+    env.admin.tasks.ImportTasks(
+        api_pb2.ImportTasksRequest(command_id="i", project_id="p1", tasks=[image_task("t")]),
+        metadata=env.admin.md,
+    )
+    env.server.app.runner.catch_up()
+    ids = {}
+    for who, name in ((ann, "ann"), (bob, "bob")):
+        n = who.tasks.NextTask(
+            api_pb2.NextTaskRequest(command_id=f"n-{name}", project_id="p1"), metadata=who.md
+        )
+        ids[name] = who.tasks.Submit(
+            api_pb2.SubmitRequest(
+                command_id=f"s-{name}", task_id="t", lease_id=n.lease.lease_id, annotation=_box_annotation()
+            ),
+            metadata=who.md,
+        ).annotation_id
+    seen = ann.tasks.GetTask(api_pb2.GetTaskRequest(task_id="t"), metadata=ann.md)
+    assert [a.annotation_id for a in seen.annotations] == [ids["ann"]]
+    history = ann.tasks.History(api_pb2.HistoryRequest(task_id="t"), metadata=ann.md)
+    authors = {
+        e.event.annotation_submitted.person_id
+        for e in history.entries
+        if e.event.type == "annotation_submitted"
+    }
+    assert authors == {"ann"}
+    assert all(e.event.actor.user_id != "bob" for e in history.entries)
+    assert [a.annotation_id for a in history.task.annotations] == [ids["ann"]]
+    full = rev.tasks.GetTask(api_pb2.GetTaskRequest(task_id="t"), metadata=rev.md)
+    assert {a.annotation_id for a in full.annotations} == set(ids.values())
