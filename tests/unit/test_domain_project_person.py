@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import hashlib
-import importlib.util
 from datetime import UTC, datetime
 
 import pytest
@@ -37,7 +36,6 @@ from coordinator.errors import (
 
 R = model_pb2
 SHA = hashlib.sha256(b"secret").hexdigest()
-HAS_VALIDATION = importlib.util.find_spec("coordinator.domain.validation") is not None
 
 Cmd = ProjectCommand | PersonCommand
 
@@ -147,7 +145,6 @@ def schema(*reasons: str) -> model_pb2.LabelSchema:
     )
 
 
-@pytest.mark.skipif(not HAS_VALIDATION, reason="coordinator.domain.validation not written yet")
 def test_publish_label_schema_assigns_versions() -> None:
     cmd_schema = schema("blurry")
     events, state = run(project(), PublishLabelSchema("p1", cmd_schema))
@@ -162,7 +159,6 @@ def test_publish_label_schema_assigns_versions() -> None:
     assert state.schema_version == 2 and state.reject_reasons == frozenset({"blurry", "occluded"})
 
 
-@pytest.mark.skipif(not HAS_VALIDATION, reason="coordinator.domain.validation not written yet")
 def test_publish_invalid_label_schema_is_refused() -> None:
     bad = model_pb2.LabelSchema(classes=[model_pb2.LabelClass(name="", kinds=[R.ANNOTATION_KIND_BOX])])
     with pytest.raises(InvalidArgument) as info:
