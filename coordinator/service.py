@@ -181,10 +181,13 @@ class Service:
         cmd: C.ProjectCommand | C.PersonCommand | C.TaskCommand,
         command_id: str,
         fp: str,
+        *,
+        prior_checked: bool = False,
     ) -> Outcome:
-        # every caller of _exec has looked the command id up already (or has none to look up)
+        """Decide and append. `prior_checked`: the caller has already looked `command_id` up
+        (and would have answered from the prior outcome), so the bus need not look again."""
         return self.bus.execute(
-            cmd, actor=self._actor(who), command_id=command_id, fingerprint=fp, prior_checked=True
+            cmd, actor=self._actor(who), command_id=command_id, fingerprint=fp, prior_checked=prior_checked
         )
 
     def _settle(self, outcome: Outcome) -> None:
@@ -219,13 +222,15 @@ class Service:
     def create_project(self, who: Principal, req: api_pb2.CreateProjectRequest) -> api_pb2.Project:
         who.require(MANAGE, "CreateProject")
         validate_id(req.project_id, field="project_id")
-        prior = self.bus.prior(req.command_id, _request_fingerprint("CreateProject", req))
+        fp = _request_fingerprint("CreateProject", req)
+        prior = self.bus.prior(req.command_id, fp)
         if prior is None:
             outcome = self._exec(
                 who,
                 C.CreateProject(req.project_id, req.name, req.description, req.settings),
                 req.command_id,
-                _request_fingerprint("CreateProject", req),
+                fp,
+                prior_checked=True,
             )
             if not who.is_admin:  # the creating manager manages the project it made
                 self._exec(
@@ -537,7 +542,8 @@ class Service:
         task = self._task(req.task_id)
         project = self._project(task.project_id)
         self._member_or_admin(who, project)
-        if self.bus.prior(req.command_id, _request_fingerprint("IngestPrelabel", req)) is None:
+        fp = _request_fingerprint("IngestPrelabel", req)
+        if self.bus.prior(req.command_id, fp) is None:
             if project.label_schema is None:
                 raise FailedPrecondition("the project has no label schema yet", field="project_id")
             validate_annotation(
@@ -551,7 +557,8 @@ class Service:
                 who,
                 C.IngestPrelabel(req.task_id, codec.uuid7(), req.annotation),
                 req.command_id,
-                _request_fingerprint("IngestPrelabel", req),
+                fp,
+                prior_checked=True,
             )
         return self.task_view(self._task(req.task_id))
 
@@ -575,7 +582,8 @@ class Service:
 
     def next_task(self, who: Principal, req: api_pb2.NextTaskRequest) -> api_pb2.NextTaskResponse:
         who.require(ANNOTATE, "NextTask")
-        prior = self.bus.prior(req.command_id, _request_fingerprint("NextTask", req))
+        fp = _request_fingerprint("NextTask", req)
+        prior = self.bus.prior(req.command_id, fp)
         if prior is not None:
             return self._leased(prior)
         if req.project_id:
@@ -589,7 +597,7 @@ class Service:
             project = self._project(pid)
             if project.label_schema is None or who.person_id not in project.members:
                 continue
-            outcome = self._lease_first(who, pid, req.command_id, _request_fingerprint("NextTask", req))
+            outcome = self._lease_first(who, pid, req.command_id, fp)
             if outcome is not None:
                 return self._leased(outcome, project)
         return api_pb2.NextTaskResponse()
@@ -709,6 +717,7 @@ class Service:
                 ),
                 req.command_id,
                 fp,
+                prior_checked=True,
             )
         submitted = _event_of(prior, events_pb2.AnnotationSubmitted)
         return api_pb2.SubmitResponse(
@@ -737,6 +746,7 @@ class Service:
                 ),
                 req.command_id,
                 fp,
+                prior_checked=True,
             )
         edited = _event_of(prior, events_pb2.AnnotationEdited)
         return api_pb2.SubmitResponse(
@@ -773,6 +783,7 @@ class Service:
                 ),
                 req.command_id,
                 fp,
+                prior_checked=True,
             )
         recorded = _event_of(prior, events_pb2.ReviewRecorded)
         task_now = self._task(recorded.task_id)

@@ -407,3 +407,42 @@ def test_export_has_only_the_latest_accepted_labels_while_the_stream_keeps_histo
         )
     )
     assert len(streamed) == 3  # the feed is the history: the superseded acceptance is in it too
+
+
+def test_retries_of_every_kind_of_mutation_return_the_first_outcome_and_append_nothing(
+    team: tuple[Env, Stubs, Stubs, Stubs],
+) -> None:
+    env, ann, _, _ = team
+    imp(env, image_task("t1"))
+    md = env.admin.md
+    n = ann.tasks.NextTask(api_pb2.NextTaskRequest(command_id="n1", project_id="p1"), metadata=ann.md)
+    calls = [
+        lambda: env.admin.admin.RegisterPerson(
+            api_pb2.RegisterPersonRequest(
+                command_id="rp",
+                person=M.PersonSpec(person_id="zoe", roles=[M.ROLE_ANNOTATOR], time_zone="UTC"),
+            ),
+            metadata=md,
+        ),
+        lambda: env.admin.admin.UpdatePerson(
+            api_pb2.UpdatePersonRequest(
+                command_id="up", person=M.PersonSpec(person_id="zoe", roles=[M.ROLE_QA], time_zone="UTC")
+            ),
+            metadata=md,
+        ),
+        lambda: env.admin.admin.PublishGuideline(
+            api_pb2.PublishGuidelineRequest(
+                command_id="pg", project_id="p1", guideline=M.Guideline(title="v2")
+            ),
+            metadata=md,
+        ),
+        lambda: ann.tasks.ReleaseTask(
+            api_pb2.ReleaseTaskRequest(command_id="rl", task_id="t1", lease_id=n.lease.lease_id),
+            metadata=ann.md,
+        ),
+    ]
+    for call in calls:
+        first = call()
+        head = env.server.app.log.head()
+        assert call() == first  # a retry after a lost response: same answer
+        assert env.server.app.log.head() == head  # and nothing new in the log
