@@ -208,24 +208,78 @@ class CommandBus:
     def execute_many(
         self, commands: Sequence[tuple[aggregates.Command, str]], *, actor: Actor, correlation_id: str = ""
     ) -> list[Outcome | LabelweaveError]:
-        """Execute commands for distinct streams, letting the log commit them together.
+        """Execute commands for distinct streams as one ordered group append.
 
-        Each command is decided and appended on its own (atomic per stream); the log may group
-        the appends into one durable commit. Returns an outcome or the error per command.
+        Each command is decided on its stream's state and the appends go to the log together
+        (`EventLog.append_many`: in order, one durable commit on SQLite, one transaction on
+        Kafka), so an import batch keeps its order in the log. A command whose cached state
+        was stale, or that the cached state refused, is retried alone through `execute`.
+        Returns the outcome or the error per command, in order.
         """
-        from concurrent.futures import ThreadPoolExecutor
-
-        def run(item: tuple[aggregates.Command, str]) -> Outcome | LabelweaveError:
-            cmd, cid = item
+        when = utc_now()
+        results: list[Outcome | LabelweaveError | None] = [None] * len(commands)
+        requests: list[AppendRequest] = []
+        planned: list[tuple[int, str, int, aggregates.State | None, list[Message]]] = []
+        for i, (cmd, cid) in enumerate(commands):
+            stream_id = aggregates.stream_of(cmd)
             try:
-                return self.execute(cmd, actor=actor, command_id=cid, correlation_id=correlation_id)
+                prior = self.prior(cid)
             except LabelweaveError as exc:
-                return exc
-
-        if len(commands) <= 1:
-            return [run(c) for c in commands]
-        with ThreadPoolExecutor(max_workers=min(16, len(commands))) as pool:
-            return list(pool.map(run, commands))
+                results[i] = exc
+                continue
+            if prior is not None:
+                self._count("duplicate")
+                results[i] = prior
+                continue
+            version, state = self.load(stream_id, fresh=False)
+            try:
+                payloads = aggregates.decide(state, cmd)
+            except LabelweaveError:
+                continue  # decided again on the log's latest state below
+            envelopes = [
+                codec.make_envelope(
+                    p,
+                    stream_id=stream_id,
+                    actor_id=actor.user_id,
+                    actor_role=actor.role,
+                    command_id=cid,
+                    correlation_id=correlation_id,
+                    occurred_at=when,
+                )
+                for p in payloads
+            ]
+            requests.append(AppendRequest(stream_id, version, envelopes, cid))
+            planned.append((i, stream_id, version, state, payloads))
+        appended = self._log.append_many(requests) if requests else []
+        for (i, stream_id, version, state, payloads), result in zip(planned, appended, strict=True):
+            if isinstance(result, WrongExpectedVersion):
+                self._count("conflict")
+                continue  # retried alone below
+            if isinstance(result, LabelweaveError):
+                results[i] = result
+                continue
+            if result.duplicate:
+                self._count("duplicate")
+                results[i] = self._outcome(result, duplicate=True)
+                continue
+            new_state = state
+            for p in payloads:
+                new_state = aggregates.evolve(new_state, p)
+            self._remember(stream_id, version + len(payloads), new_state)
+            self._count("appended")
+            results[i] = Outcome(result.events, False, version + len(payloads))
+        out: list[Outcome | LabelweaveError] = []
+        for i, done in enumerate(results):
+            if done is None:
+                cmd, cid = commands[i]
+                try:
+                    done = self.execute(
+                        cmd, actor=actor, command_id=cid, correlation_id=correlation_id, occurred_at=when
+                    )
+                except LabelweaveError as exc:
+                    done = exc
+            out.append(done)
+        return out
 
     def _outcome(self, result: AppendResult, *, duplicate: bool) -> Outcome:
         version = result.events[-1].envelope.stream_version if result.events else 0

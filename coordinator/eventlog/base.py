@@ -16,7 +16,7 @@ from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from coordinator._pb.labelweave.events.v1 import events_pb2
-from coordinator.errors import Conflict, InvalidArgument
+from coordinator.errors import Conflict, InvalidArgument, LabelweaveError
 
 Checkpoint = Mapping[int, int]
 """partition → last offset applied (0: none)."""
@@ -128,6 +128,22 @@ class EventLog(abc.ABC):
         - If the stream's current version != `expected_version`: raise `WrongExpectedVersion`.
         - Returns once the events are durable (SQLite committed, Kafka acks=all).
         """
+
+    def append_many(self, requests: Sequence[AppendRequest]) -> list[AppendResult | LabelweaveError]:
+        """Append several requests (normally for distinct streams), each atomic on its own, in
+        the order given: within a partition, request i's events come before request i + 1's.
+
+        Each request succeeds or fails alone (the error is returned in its slot, not raised), so
+        one stale version does not sink a whole import batch. Backends override this to make the
+        whole call one durable commit (SQLite) or one transaction (Kafka).
+        """
+        out: list[AppendResult | LabelweaveError] = []
+        for request in requests:
+            try:
+                out.append(self.append(request))
+            except LabelweaveError as exc:
+                out.append(exc)
+        return out
 
     @abc.abstractmethod
     def outcome(self, command_id: str, fingerprint: str = "") -> AppendResult | None:

@@ -24,6 +24,7 @@ import random
 import sqlite3
 import threading
 import time
+from collections.abc import Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass
 from pathlib import Path
@@ -42,7 +43,7 @@ from coordinator.eventlog.base import (
     RecordedEvent,
     WrongExpectedVersion,
 )
-from coordinator.eventlog.memory import PARTITION, prepare_append, record_metrics, recorded
+from coordinator.eventlog.memory import PARTITION, PreparedEvent, prepare_append, record_metrics, recorded
 from coordinator.metrics import Metrics
 
 SCHEMA_VERSION = 1
@@ -234,8 +235,51 @@ class SqliteEventLog(EventLog):
     # ------------------------------------------------------------------ writes
 
     def append(self, request: AppendRequest) -> AppendResult:
+        result = self.append_many([request])[0]
+        if isinstance(result, LabelweaveError):
+            raise result
+        return result
+
+    def append_many(self, requests: Sequence[AppendRequest]) -> list[AppendResult | LabelweaveError]:
+        """Queue every request at once, in order, so the writer commits them in that order and
+        (up to MAX_BATCH requests) in one transaction: one fsync for a whole import batch."""
         started = time.perf_counter()
-        prepared = prepare_append(request)
+        slots: list[tuple[list[PreparedEvent], Future[_Appended | _Duplicate]] | LabelweaveError] = []
+        pendings: list[_Pending] = []
+        for request in requests:
+            try:
+                prepared = prepare_append(request)
+            except LabelweaveError as exc:
+                slots.append(exc)
+                continue
+            future: Future[_Appended | _Duplicate] = Future()
+            pendings.append(_Pending(request, self._rows(request, prepared), future))
+            slots.append((prepared, future))
+        with self._submit_lock:
+            if self._closed:
+                raise Unavailable("the event log is closed")
+            for pending in pendings:
+                self._queue.put(pending)
+        out: list[AppendResult | LabelweaveError] = []
+        for slot in slots:
+            if isinstance(slot, LabelweaveError):
+                out.append(slot)
+                continue
+            prepared, future = slot
+            try:
+                outcome = future.result()
+            except LabelweaveError as exc:
+                out.append(exc)
+                continue
+            if isinstance(outcome, _Duplicate):
+                out.append(AppendResult(self._read_range(outcome.first, outcome.last), duplicate=True))
+                continue
+            record_metrics(self._metrics, prepared, started, batch=None)
+            out.append(AppendResult(recorded(prepared, outcome.first)))
+        return out
+
+    @staticmethod
+    def _rows(request: AppendRequest, prepared: list[PreparedEvent]) -> list[Row]:
         rows: list[Row] = []
         for p in prepared:
             env = p.envelope
@@ -251,16 +295,7 @@ class SqliteEventLog(EventLog):
                     p.data,
                 )
             )
-        future: Future[_Appended | _Duplicate] = Future()
-        with self._submit_lock:
-            if self._closed:
-                raise Unavailable("the event log is closed")
-            self._queue.put(_Pending(request, rows, future))
-        outcome = future.result()
-        if isinstance(outcome, _Duplicate):
-            return AppendResult(self._read_range(outcome.first, outcome.last), duplicate=True)
-        record_metrics(self._metrics, prepared, started, batch=None)
-        return AppendResult(recorded(prepared, outcome.first))
+        return rows
 
     def _run_writer(self) -> None:
         stop = False

@@ -446,3 +446,15 @@ def test_retries_of_every_kind_of_mutation_return_the_first_outcome_and_append_n
         head = env.server.app.log.head()
         assert call() == first  # a retry after a lost response: same answer
         assert env.server.app.log.head() == head  # and nothing new in the log
+
+
+def test_tasks_of_equal_priority_are_leased_in_import_order(team: tuple[Env, Stubs, Stubs, Stubs]) -> None:
+    env, ann, _, _ = team
+    ids = [f"t{i:02d}" for i in range(24)]
+    imp(env, *(image_task(t) for t in ids))
+    leased = []
+    for i in range(len(ids)):
+        n = ann.tasks.NextTask(api_pb2.NextTaskRequest(command_id=f"n{i}", project_id="p1"), metadata=ann.md)
+        leased.append(n.task.task_id)
+        env.server.app.runner.catch_up()
+    assert leased == ids

@@ -121,6 +121,33 @@ class EventLogContract:
             if self.gap_free_offsets:
                 assert offs == list(range(1, len(offs) + 1))
 
+    def test_append_many_keeps_request_order_and_fails_requests_alone(self, log: EventLog) -> None:
+        log.append(request("project:x", 0))
+        log.append(request("project:d", 0, command_id="dup"))
+        head = log.head()
+        streams = [f"project:s{i:02d}" for i in range(40)]
+        reqs = [request(s, 0, 2) for s in streams]
+        reqs.insert(5, request("project:x", 0))  # stale version
+        reqs.insert(9, request("project:d", 0, command_id="dup"))  # retried command
+        results = log.append_many(reqs)
+
+        assert len(results) == len(reqs)
+        assert isinstance(results[5], WrongExpectedVersion)
+        dup = results[9]
+        assert isinstance(dup, AppendResult) and dup.duplicate
+        fresh = [r for i, r in enumerate(results) if i not in (5, 9)]
+        assert all(isinstance(r, AppendResult) and not r.duplicate for r in fresh)
+        positions = [e.position for r in fresh if isinstance(r, AppendResult) for e in r.events]
+        by_partition: dict[int, list[int]] = defaultdict(list)
+        for pos in positions:
+            by_partition[pos.partition].append(pos.offset)
+        for offs in by_partition.values():
+            assert offs == sorted(offs)  # request i before request i + 1 within a partition
+        assert log.stream_version("project:x") == 1
+        assert all(log.stream_version(s) == 2 for s in streams)
+        assert sum(len(log.read_stream(s)) for s in streams) == 80
+        assert len(log.read(head, 1000)) == 80
+
     def test_envelope_fields_are_preserved_byte_exactly(self, log: EventLog) -> None:
         req = request("project:a", 0, 2, fingerprint="fp-1")
         originals = [events_pb2.EventEnvelope.FromString(codec.encode(e)) for e in req.envelopes]
