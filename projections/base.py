@@ -96,6 +96,32 @@ class ProjectionStore(abc.ABC):
         """Release resources."""
 
 
+SHARD_SEP = "|"
+
+
+def shard_of(event: RecordedEvent) -> str:
+    """The shard suffix of a counter fed by many streams: the event's log partition, fixed-width.
+
+    The single-writer rule for views: the distributed backend applies the events of each log
+    partition independently (faust workers, one per set of partitions), so a document that is
+    read-modify-written must only ever be written from ONE partition. Documents of one stream
+    (a task's, a project's) satisfy that by keying. Counters fed by many streams (queue depth
+    per project, metrics per annotator) keep one row per source partition, `f"{key}|{shard}"`,
+    and queries sum the shards. The embedded log has one partition, so one shard.
+    """
+    return f"{event.position.partition:05d}"
+
+
+def shard_range(key: str) -> tuple[str, str]:
+    """Scan bounds (start, end) covering every shard row of `key` (keys never contain "|")."""
+    return f"{key}{SHARD_SEP}", f"{key}{chr(ord(SHARD_SEP) + 1)}"
+
+
+def unshard(sk: str) -> str:
+    """The key part of a sharded sort key."""
+    return sk.rsplit(SHARD_SEP, 1)[0]
+
+
 class ViewTx(Protocol):
     """What a view may do while applying an event: read (seeing its own pending writes) and write."""
 

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
 from coordinator.errors import InvalidArgument
-from projections.base import Doc, ProjectionStore
+from projections.base import Doc, ProjectionStore, shard_range, unshard
 from projections.views.metrics import FIELDS as METRIC_FIELDS
 from projections.views.metrics import zero as zero_metrics
 from projections.views.queue import queue_pk
@@ -86,7 +86,8 @@ def queue_candidates(
         return []
     have = set(skills)
     runs: list[Iterator[tuple[str, str]]] = []
-    for key, _ in store.scan("queue_keys", project_id):
+    keys = sorted({unshard(sk) for sk, _ in store.scan("queue_keys", project_id)})
+    for key in keys:
         if key and not set(key.split(",")) <= have:
             continue
         rows = store.scan("queue", queue_pk(project_id, key), limit=limit)
@@ -98,12 +99,17 @@ def queue_candidates(
 
 
 def queue_depth(store: ProjectionStore, project_id: str) -> int:
-    doc = store.get("queue_depth", "all", project_id)
-    return int(doc["depth"]) if doc else 0
+    start, end = shard_range(project_id)
+    return sum(int(doc["depth"]) for _, doc in store.scan("queue_depth", "all", start=start, end=end))
 
 
 def queue_depths(store: ProjectionStore) -> dict[str, int]:
-    return {sk: int(doc["depth"]) for sk, doc in store.scan("queue_depth", "all")}
+    """Depth per project (projects with an empty queue included, at 0)."""
+    out: dict[str, int] = {}
+    for sk, doc in store.scan("queue_depth", "all"):
+        pid = unshard(sk)
+        out[pid] = out.get(pid, 0) + int(doc["depth"])
+    return out
 
 
 # ------------------------------------------------------------------ tasks
@@ -143,16 +149,19 @@ def expired_leases(store: ProjectionStore, now: datetime, limit: int = 500) -> l
 def annotator_metrics(store: ProjectionStore, project_id: str, person_id: str | None) -> list[Doc]:
     """Counters of one person (zeros if none yet) or of everyone with any, for a project or "*"."""
     if person_id:
-        doc = store.get("annotator_metrics", project_id, person_id)
-        out = doc if doc is not None else zero_metrics(person_id)
-        return [_complete(out)]
-    return [_complete(doc) for _, doc in store.scan("annotator_metrics", project_id)]
-
-
-def _complete(doc: Doc) -> Doc:
-    for f in METRIC_FIELDS:
-        doc.setdefault(f, 0)
-    return doc
+        start, end = shard_range(person_id)
+        rows = store.scan("annotator_metrics", project_id, start=start, end=end)
+    else:
+        rows = store.scan("annotator_metrics", project_id)
+    merged: dict[str, Doc] = {}
+    for sk, doc in rows:  # one row per log partition: sum them
+        pid = unshard(sk)
+        total = merged.setdefault(pid, zero_metrics(pid))
+        for f in METRIC_FIELDS:
+            total[f] += int(doc.get(f, 0))
+    if person_id and not merged:
+        return [zero_metrics(person_id)]
+    return list(merged.values())
 
 
 def annotation_versions(store: ProjectionStore, task_id: str) -> list[Doc]:

@@ -3,19 +3,22 @@
 Collections
 - "queue"       pk=f"{project_id}|{skill_key}", sk=queue_sort_key(...) → {task_id}
                 (priority DESC, deadline ASC with no deadline last, import order, task id)
-- "queue_keys"  pk=project_id, sk=skill_key → {count}   (row deleted when count reaches 0)
-- "queue_depth" pk="all", sk=project_id → {depth}       (kept at 0 so gauges can drop to 0)
+- "queue_keys"  pk=project_id, sk=f"{skill_key}|{shard}" → {count}   (deleted when it reaches 0)
+- "queue_depth" pk="all", sk=f"{project_id}|{shard}" → {depth}      (kept at 0 so gauges drop to 0)
 - "queue_task"  pk=task_id, sk="" → the view's own task state (core fields from `taskstate`
                 plus project_id, skill_key and the current queue sort key or "")
 
 `skill_key` is the comma-joined sorted set of the task's required skills ("" for none).
+Counters are sharded by the event's log partition (`projections.base.shard_of`): tasks of one
+project live on many partitions, and each partition's events are applied independently in the
+distributed backend. `projections.queries` sums the shards.
 """
 
 from __future__ import annotations
 
 from coordinator._pb.labelweave.events.v1 import events_pb2
 from coordinator.eventlog.base import RecordedEvent
-from projections.base import Doc, ViewTx
+from projections.base import SHARD_SEP, Doc, ViewTx, shard_of
 from projections.views.taskstate import (
     QUEUED,
     TASK_EVENTS,
@@ -39,7 +42,7 @@ class QueueView:
         env = event.envelope
         kind = env.WhichOneof("payload")
         if kind == "task_imported":
-            self._imported(env.task_imported, event.position.offset, tx)
+            self._imported(env.task_imported, event.position.offset, shard_of(event), tx)
             return
         if kind not in TASK_EVENTS or kind == "prelabel_ingested":
             return
@@ -51,12 +54,12 @@ class QueueView:
         evolve(doc, kind, p)
         now_queued = doc["status"] == QUEUED
         if now_queued and not was_queued:
-            self._enqueue(doc, tx)
+            self._enqueue(doc, shard_of(event), tx)
         elif was_queued and not now_queued:
-            self._dequeue(doc, tx)
+            self._dequeue(doc, shard_of(event), tx)
         tx.put("queue_task", p.task_id, "", doc)
 
-    def _imported(self, p: events_pb2.TaskImported, offset: int, tx: ViewTx) -> None:
+    def _imported(self, p: events_pb2.TaskImported, offset: int, shard: str, tx: ViewTx) -> None:
         spec = p.task
         if tx.get("queue_task", spec.task_id) is not None:
             return
@@ -70,33 +73,35 @@ class QueueView:
             queued=False,
         )
         if doc["status"] == QUEUED:
-            self._enqueue(doc, tx)
-        elif tx.get("queue_depth", "all", p.project_id) is None:
-            tx.put("queue_depth", "all", p.project_id, {"depth": 0})
+            self._enqueue(doc, shard, tx)
+        elif tx.get("queue_depth", "all", f"{p.project_id}{SHARD_SEP}{shard}") is None:
+            tx.put("queue_depth", "all", f"{p.project_id}{SHARD_SEP}{shard}", {"depth": 0})
         tx.put("queue_task", spec.task_id, "", doc)
 
     @staticmethod
-    def _enqueue(doc: Doc, tx: ViewTx) -> None:
+    def _enqueue(doc: Doc, shard: str, tx: ViewTx) -> None:
         pid, key = doc["project_id"], doc["skill_key"]
         tx.put("queue", queue_pk(pid, key), doc["sort_key"], {"task_id": doc["task_id"]})
         doc["queued"] = True
-        keys = tx.get("queue_keys", pid, key)
-        tx.put("queue_keys", pid, key, {"count": (keys["count"] if keys else 0) + 1})
-        depth = tx.get("queue_depth", "all", pid)
-        tx.put("queue_depth", "all", pid, {"depth": (depth["depth"] if depth else 0) + 1})
+        key_sk, depth_sk = f"{key}{SHARD_SEP}{shard}", f"{pid}{SHARD_SEP}{shard}"
+        keys = tx.get("queue_keys", pid, key_sk)
+        tx.put("queue_keys", pid, key_sk, {"count": (keys["count"] if keys else 0) + 1})
+        depth = tx.get("queue_depth", "all", depth_sk)
+        tx.put("queue_depth", "all", depth_sk, {"depth": (depth["depth"] if depth else 0) + 1})
 
     @staticmethod
-    def _dequeue(doc: Doc, tx: ViewTx) -> None:
+    def _dequeue(doc: Doc, shard: str, tx: ViewTx) -> None:
         if not doc.get("queued"):
             return
         pid, key = doc["project_id"], doc["skill_key"]
         tx.delete("queue", queue_pk(pid, key), doc["sort_key"])
         doc["queued"] = False
-        keys = tx.get("queue_keys", pid, key)
+        key_sk, depth_sk = f"{key}{SHARD_SEP}{shard}", f"{pid}{SHARD_SEP}{shard}"
+        keys = tx.get("queue_keys", pid, key_sk)
         count = (keys["count"] if keys else 1) - 1
         if count > 0:
-            tx.put("queue_keys", pid, key, {"count": count})
+            tx.put("queue_keys", pid, key_sk, {"count": count})
         else:
-            tx.delete("queue_keys", pid, key)
-        depth = tx.get("queue_depth", "all", pid)
-        tx.put("queue_depth", "all", pid, {"depth": max((depth["depth"] if depth else 1) - 1, 0)})
+            tx.delete("queue_keys", pid, key_sk)
+        depth = tx.get("queue_depth", "all", depth_sk)
+        tx.put("queue_depth", "all", depth_sk, {"depth": max((depth["depth"] if depth else 1) - 1, 0)})
