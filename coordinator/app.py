@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from consumers.follower import StoreFollower
 from consumers.rebuild import rebuild
 from consumers.runner import ProjectionRunner
 from coordinator._pb.labelweave.events.v1 import model_pb2
@@ -39,7 +40,8 @@ class Application:
     log: EventLog
     store: ProjectionStore
     bus: CommandBus
-    runner: ProjectionRunner
+    runner: ProjectionRunner | StoreFollower
+    """Applies the views in process (embedded), or follows the workers' checkpoint (distributed)."""
     service: Service
     metrics: Metrics
     clock: Clock
@@ -56,11 +58,15 @@ class Application:
         event_log = open_event_log(settings.resolved_event_log_url, metrics=metrics)
         store = open_store(settings.resolved_store_url)
         bus = CommandBus(event_log, metrics=metrics)
-        runner = ProjectionRunner(event_log, store, metrics=metrics)
+        runner: ProjectionRunner | StoreFollower
+        if settings.projections_in_process:
+            runner = ProjectionRunner(event_log, store, metrics=metrics)
+        else:
+            runner = StoreFollower(event_log, store, metrics=metrics)
 
         def settle(position: Position) -> None:
-            if not runner.running:  # offline commands (token create --offline): apply inline
-                runner.catch_up()
+            if not runner.running and isinstance(runner, ProjectionRunner):
+                runner.catch_up()  # offline commands (token create --offline): apply inline
                 return
             if not runner.wait_for({position.partition: position.offset}, timeout=10.0):
                 log.warning("projections did not reach %s within 10 s", position)
@@ -173,6 +179,7 @@ class Application:
                     Path(str(live_path) + suffix).unlink(missing_ok=True)
                 os.replace(target_path, live_path)
                 self.store = open_store(self.settings.resolved_store_url)
+                assert isinstance(self.runner, ProjectionRunner)
                 self.runner.store = self.store
                 self.service.store = self.store
         return out

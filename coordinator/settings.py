@@ -21,6 +21,9 @@ class Settings:
     metrics_host: str = "127.0.0.1"
     event_log_url: str = ""  # default: sqlite:///<data_dir>/events.db
     store_url: str = ""  # default: sqlite:///<data_dir>/projections.db
+    projections: str = "auto"
+    """Who applies the views: "in-process" (the embedded runner), "workers" (`labelweave workers`,
+    the coordinator only follows their checkpoint), or "auto": workers when the event log is Kafka."""
     tls: TlsSettings | None = None
     grpc_workers: int = 32
     lease_sweep_seconds: float = 1.0
@@ -33,6 +36,19 @@ class Settings:
     @property
     def resolved_store_url(self) -> str:
         return self.store_url or f"sqlite:///{self.data_dir.resolve() / 'projections.db'}"
+
+    @property
+    def projections_in_process(self) -> bool:
+        if self.projections == "auto":
+            return not self.resolved_event_log_url.startswith("kafka://")
+        if self.projections not in ("in-process", "workers"):
+            from coordinator.errors import InvalidArgument
+
+            raise InvalidArgument(
+                f"projections must be auto, in-process or workers, not {self.projections!r}",
+                field="projections",
+            )
+        return self.projections == "in-process"
 
     @property
     def admin_token_file(self) -> Path:
