@@ -167,7 +167,13 @@ class PartitionProjector:
             for letter in dead:
                 self._send_dead(letter)
             t0 = time.perf_counter()
-            commit_batch(self.store, self.consumer, tx, checkpoint, self._cache)
+            try:
+                commit_batch(self.store, self.consumer, tx, checkpoint, self._cache)
+            except BaseException:
+                # The commit may still land (a Cassandra batch in doubt): read the checkpoint
+                # again before the caller retries; the store settles commits in doubt first.
+                self._applied = None
+                raise
             elapsed = time.perf_counter() - t0
             self._applied = merge_checkpoint(applied, checkpoint)
             if self._on_commit is not None:

@@ -17,6 +17,7 @@ document they change; the cache is dropped whenever a batch fails or a commit ra
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import itertools
 import logging
@@ -422,3 +423,6 @@ class ProjectionRunner:
                 )
                 self._stop.wait(backoff)
                 backoff = min(backoff * 2, 5.0)
+                # A failed commit may still land (Cassandra): take the position from the store.
+                with contextlib.suppress(Exception):
+                    self._reload()

@@ -1,0 +1,1 @@
+"""Versioned CQL migrations of the Cassandra projection store (applied by `projections.migrate`)."""
