@@ -28,7 +28,7 @@ from google.protobuf import json_format
 from google.protobuf.message import Message
 
 from coordinator._pb.labelweave.api.v1 import api_pb2
-from coordinator._pb.labelweave.events.v1 import model_pb2
+from coordinator._pb.labelweave.events.v1 import annotation_pb2, model_pb2
 from coordinator.client import LabelweaveClient
 from coordinator.errors import InvalidArgument, LabelweaveError
 from coordinator.settings import Settings, TlsSettings
@@ -45,6 +45,10 @@ ROLE_BY_NAME: dict[str, model_pb2.Role.ValueType] = {
 REVIEW_BY_NAME: dict[str, model_pb2.ReviewPolicy.ValueType] = {
     "none": model_pb2.REVIEW_POLICY_NONE,
     "full": model_pb2.REVIEW_POLICY_FULL,
+}
+DECISION_BY_NAME: dict[str, model_pb2.DisputeDecision.ValueType] = {
+    "uphold": model_pb2.DISPUTE_DECISION_UPHOLD,
+    "overturn": model_pb2.DISPUTE_DECISION_OVERTURN,
 }
 STATUS_BY_NAME: dict[str, api_pb2.TaskStatus.ValueType] = {
     "queued": api_pb2.TASK_STATUS_QUEUED,
@@ -439,6 +443,151 @@ def cmd_import(args: argparse.Namespace) -> int:
     return 0
 
 
+# ---------------------------------------------------------------------- review pipeline
+
+
+def _enum_name(enum: Any, value: int, prefix: str) -> str:
+    return str(enum.Name(value)).removeprefix(prefix).lower() if value else ""
+
+
+def _read_message(path_text: str, message: Message) -> None:
+    path = Path(path_text)
+    try:
+        json_format.Parse(path.read_text(encoding="utf-8"), message)
+    except json_format.ParseError as exc:
+        field, text = _parse_error_field(str(exc))
+        raise InvalidArgument(text, field=f"{path}{': ' + field if field else ''}") from None
+
+
+def cmd_project_pipeline(args: argparse.Namespace) -> int:
+    """Replace the review pipeline (and reason codes, when the file has them); other settings stay."""
+    given = model_pb2.ProjectSettings()
+    _read_message(args.file, given)
+    with _client(args) as lw:
+        settings = model_pb2.ProjectSettings()
+        settings.CopyFrom(lw.get_project(args.project_id).settings)
+        settings.pipeline.CopyFrom(given.pipeline)
+        if given.reason_codes:
+            del settings.reason_codes[:]
+            settings.reason_codes.extend(given.reason_codes)
+        if given.pipeline.stages:
+            settings.review_policy = model_pb2.REVIEW_POLICY_FULL
+        project = lw.update_project_settings(args.project_id, settings)
+    stages = [s.name for s in project.settings.pipeline.stages]
+    codes = [r.code for r in project.settings.reason_codes]
+    shown = " → ".join(stages) or "(from the review policy)"
+    print(f"{args.project_id}: stages {shown}; reason codes {', '.join(codes) or '-'}")
+    return 0
+
+
+def cmd_review_queue(args: argparse.Namespace) -> int:
+    with _client(args) as lw:
+        page = lw.list_review_queue(args.project_id, args.stage, args.limit)
+    print(f"# stage {page.stage}: {page.depth} waiting", file=sys.stderr)
+    print("task_id\tannotation_id\tversion\tauthor_id\tentered_at\trate")
+    for item in page.items:
+        print(
+            f"{item.task_id}\t{item.annotation_id}\t{item.version}\t{item.author_id}\t"
+            f"{item.entered_at.ToJsonString()}\t{item.rate:g}"
+        )
+    return 0
+
+
+def _verdict(args: argparse.Namespace, verdict: model_pb2.Verdict.ValueType) -> int:
+    correction = None
+    if verdict == model_pb2.VERDICT_CORRECT:
+        correction = annotation_pb2.Annotation()
+        _read_message(args.file, correction)
+    with _client(args) as lw:
+        response = lw.review(
+            args.task_id,
+            args.annotation_id,
+            args.version,
+            verdict,
+            reason_codes=getattr(args, "reason", None) or (),
+            comment=args.comment,
+            correction=correction,
+            stage=args.stage,
+        )
+    _print_json(response)
+    return 0
+
+
+def cmd_review_accept(args: argparse.Namespace) -> int:
+    return _verdict(args, model_pb2.VERDICT_ACCEPT)
+
+
+def cmd_review_reject(args: argparse.Namespace) -> int:
+    return _verdict(args, model_pb2.VERDICT_REJECT)
+
+
+def cmd_review_correct(args: argparse.Namespace) -> int:
+    return _verdict(args, model_pb2.VERDICT_CORRECT)
+
+
+def cmd_review_state(args: argparse.Namespace) -> int:
+    with _client(args) as lw:
+        _print_json(lw.get_review_state(args.task_id))
+    return 0
+
+
+def cmd_dispute_open(args: argparse.Namespace) -> int:
+    with _client(args) as lw:
+        _print_json(lw.open_dispute(args.task_id, args.annotation_id, args.comment))
+    return 0
+
+
+def cmd_dispute_resolve(args: argparse.Namespace) -> int:
+    with _client(args) as lw:
+        _print_json(
+            lw.resolve_dispute(args.task_id, args.dispute_id, DECISION_BY_NAME[args.decision], args.comment)
+        )
+    return 0
+
+
+def cmd_dispute_list(args: argparse.Namespace) -> int:
+    status = api_pb2.DISPUTE_STATUS_UPHELD if args.resolved else api_pb2.DISPUTE_STATUS_OPEN
+    with _client(args) as lw:
+        page = lw.list_disputes(args.project_id, status, args.limit)
+    print("dispute_id\ttask_id\tannotation_id\tauthor_id\tstage\treviewer_id\tstatus\texpert_id\treasons")
+    for d in page.disputes:
+        state = _enum_name(api_pb2.DisputeStatus, d.status, "DISPUTE_STATUS_")
+        print(
+            f"{d.dispute_id}\t{d.task_id}\t{d.annotation_id}\t{d.author_id}\t{d.stage}\t{d.reviewer_id}\t"
+            f"{state}\t{d.expert_id}\t{','.join(d.reason_codes)}"
+        )
+    return 0
+
+
+def feedback_record(item: api_pb2.FeedbackItem) -> dict[str, Any]:
+    return {
+        "cursor": item.cursor,
+        "at": item.at.ToJsonString(),
+        "kind": _enum_name(api_pb2.FeedbackKind, item.kind, "FEEDBACK_KIND_"),
+        "project_id": item.project_id,
+        "task_id": item.task_id,
+        "annotation_id": item.annotation_id,
+        "version": item.version,
+        "stage": item.stage,
+        "from": item.from_person_id,
+        "verdict": _enum_name(model_pb2.Verdict, item.verdict, "VERDICT_"),
+        "reasons": {r.code: r.description for r in item.reasons},
+        "comment": item.comment,
+        "dispute_id": item.dispute_id,
+        "decision": _enum_name(model_pb2.DisputeDecision, item.decision, "DISPUTE_DECISION_"),
+    }
+
+
+def cmd_feedback(args: argparse.Namespace) -> int:
+    with _client(args) as lw:
+        items = lw.iter_feedback(args.person, args.project)
+        for n, item in enumerate(items):
+            if args.limit and n >= args.limit:
+                break
+            sys.stdout.write(_json_line(feedback_record(item)))
+    return 0
+
+
 # ---------------------------------------------------------------------- label streams
 
 
@@ -615,6 +764,76 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("project_id", metavar="PROJECT")
     p.add_argument("--status", choices=sorted(STATUS_BY_NAME), default=None)
     p.add_argument("--limit", type=int, default=0)
+
+    # review pipeline
+    p = command(
+        psub,
+        "pipeline",
+        cmd_project_pipeline,
+        "set a project's review pipeline and reason codes (protobuf JSON of ProjectSettings:"
+        ' {"pipeline": {"stages": [...]}, "reasonCodes": [...]}); tasks imported later follow it',
+        parents=[client],
+    )
+    p.add_argument("project_id", metavar="ID")
+    p.add_argument("file", metavar="FILE.json")
+    review = command(sub, "review", _usage(parser, "review"), "review work stage by stage")
+    rsub = review.add_subparsers(dest="review_command", required=True, metavar="ACTION")
+    p = command(rsub, "queue", cmd_review_queue, "list the work waiting at a stage", parents=[client])
+    p.add_argument("project_id", metavar="PROJECT")
+    p.add_argument("--stage", default="", help="stage name (default: the first stage)")
+    p.add_argument("--limit", type=int, default=50)
+    for name, handler, help_ in (
+        ("accept", cmd_review_accept, "accept work at the stage it waits at"),
+        ("reject", cmd_review_reject, "reject work with reason codes; it returns to its author"),
+        ("correct", cmd_review_correct, "correct work (a new version by you) and accept it at this stage"),
+    ):
+        p = command(rsub, name, handler, help_, parents=[client])
+        p.add_argument("task_id", metavar="TASK")
+        p.add_argument("annotation_id", metavar="ANNOTATION")
+        p.add_argument("--version", type=int, required=True, help="the version you looked at")
+        p.add_argument("--stage", default="", help="refuse unless the work waits at this stage")
+        p.add_argument("--comment", default="")
+        if name == "reject":
+            p.add_argument("--reason", action="append", required=True, metavar="CODE", help="repeatable")
+        if name == "correct":
+            p.add_argument(
+                "--file", required=True, metavar="ANNOTATION.json", help="the corrected annotation"
+            )
+    p = command(rsub, "state", cmd_review_state, "show a task's review state per stage", parents=[client])
+    p.add_argument("task_id", metavar="TASK")
+    dispute = command(sub, "dispute", _usage(parser, "dispute"), "dispute rejections; experts resolve them")
+    dsub = dispute.add_subparsers(dest="dispute_command", required=True, metavar="ACTION")
+    p = command(dsub, "open", cmd_dispute_open, "dispute the rejection of your annotation", parents=[client])
+    p.add_argument("task_id", metavar="TASK")
+    p.add_argument("annotation_id", metavar="ANNOTATION")
+    p.add_argument("--comment", required=True, help="why the rejection is wrong")
+    p = command(
+        dsub, "list", cmd_dispute_list, "list a project's open (or resolved) disputes", parents=[client]
+    )
+    p.add_argument("project_id", metavar="PROJECT")
+    p.add_argument("--resolved", action="store_true", help="resolved disputes, newest first")
+    p.add_argument("--limit", type=int, default=50)
+    p = command(
+        dsub,
+        "resolve",
+        cmd_dispute_resolve,
+        "uphold or overturn a disputed rejection (final)",
+        parents=[client],
+    )
+    p.add_argument("task_id", metavar="TASK")
+    p.add_argument("dispute_id", metavar="DISPUTE")
+    p.add_argument("decision", choices=sorted(DECISION_BY_NAME))
+    p.add_argument("--comment", default="")
+    p = command(
+        sub,
+        "feedback",
+        cmd_feedback,
+        "a person's feedback feed, newest first, one JSON line each",
+        parents=[client],
+    )
+    p.add_argument("--person", default="", help="whose feed (default: yours; others need manager)")
+    p.add_argument("--project", default="", help="only this project")
+    p.add_argument("--limit", type=int, default=0, help="at most this many items (0: all)")
 
     # import / export / subscribe
     p = command(

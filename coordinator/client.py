@@ -176,7 +176,7 @@ def _new_id(command_id: str | None) -> str:
 
 
 class LabelweaveClient:
-    """One channel, three stubs, bearer auth, deadlines and retries. Thread-safe (as gRPC channels are)."""
+    """One channel, four stubs, bearer auth, deadlines and retries. Thread-safe (as gRPC channels are)."""
 
     def __init__(
         self,
@@ -228,6 +228,7 @@ class LabelweaveClient:
         self._admin = api_pb2_grpc.AdminServiceStub(channel)
         self._tasks = api_pb2_grpc.TaskServiceStub(channel)
         self._streams = api_pb2_grpc.LabelStreamServiceStub(channel)
+        self._reviews = api_pb2_grpc.ReviewServiceStub(channel)
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -466,8 +467,10 @@ class LabelweaveClient:
         comment: str = "",
         correction: annotation_pb2.Annotation | None = None,
         *,
+        stage: str = "",
         command_id: str | None = None,
     ) -> api_pb2.ReviewResponse:
+        """A verdict at the stage the work waits at (`stage`, if given, must be that stage)."""
         req = api_pb2.ReviewRequest(
             command_id=_new_id(command_id),
             task_id=task_id,
@@ -476,6 +479,7 @@ class LabelweaveClient:
             verdict=verdict,
             reason_codes=list(reason_codes),
             comment=comment,
+            stage=stage,
         )
         if correction is not None:
             req.correction.CopyFrom(correction)
@@ -530,6 +534,77 @@ class LabelweaveClient:
     def get_metrics(self, project_id: str = "", person_id: str = "") -> api_pb2.GetMetricsResponse:
         req = api_pb2.GetMetricsRequest(project_id=project_id, person_id=person_id)
         return self._call(self._tasks.GetMetrics, req)
+
+    # ------------------------------------------------------------------ ReviewService
+
+    def list_review_queue(
+        self, project_id: str, stage: str = "", limit: int = 0, page_token: str = ""
+    ) -> api_pb2.ListReviewQueueResponse:
+        req = api_pb2.ListReviewQueueRequest(
+            project_id=project_id, stage=stage, limit=limit, page_token=page_token
+        )
+        return self._call(self._reviews.ListReviewQueue, req)
+
+    def get_review_state(self, task_id: str) -> api_pb2.ReviewState:
+        return self._call(self._reviews.GetReviewState, api_pb2.GetReviewStateRequest(task_id=task_id))
+
+    def open_dispute(
+        self, task_id: str, annotation_id: str, comment: str, *, command_id: str | None = None
+    ) -> api_pb2.Dispute:
+        req = api_pb2.OpenDisputeRequest(
+            command_id=_new_id(command_id), task_id=task_id, annotation_id=annotation_id, comment=comment
+        )
+        return self._call(self._reviews.OpenDispute, req)
+
+    def resolve_dispute(
+        self,
+        task_id: str,
+        dispute_id: str,
+        decision: model_pb2.DisputeDecision.ValueType,
+        comment: str = "",
+        *,
+        command_id: str | None = None,
+    ) -> api_pb2.Dispute:
+        req = api_pb2.ResolveDisputeRequest(
+            command_id=_new_id(command_id),
+            task_id=task_id,
+            dispute_id=dispute_id,
+            decision=decision,
+            comment=comment,
+        )
+        return self._call(self._reviews.ResolveDispute, req)
+
+    def list_disputes(
+        self,
+        project_id: str,
+        status: api_pb2.DisputeStatus.ValueType = api_pb2.DISPUTE_STATUS_OPEN,
+        limit: int = 0,
+        page_token: str = "",
+    ) -> api_pb2.ListDisputesResponse:
+        req = api_pb2.ListDisputesRequest(
+            project_id=project_id, status=status, limit=limit, page_token=page_token
+        )
+        return self._call(self._reviews.ListDisputes, req)
+
+    def list_feedback(
+        self, person_id: str = "", project_id: str = "", limit: int = 0, page_token: str = ""
+    ) -> api_pb2.ListFeedbackResponse:
+        req = api_pb2.ListFeedbackRequest(
+            person_id=person_id, project_id=project_id, limit=limit, page_token=page_token
+        )
+        return self._call(self._reviews.ListFeedback, req)
+
+    def iter_feedback(
+        self, person_id: str = "", project_id: str = "", page_size: int = 200
+    ) -> Iterator[api_pb2.FeedbackItem]:
+        """A person's whole feed, newest first, following page tokens."""
+        token = ""
+        while True:
+            page = self.list_feedback(person_id, project_id, page_size, token)
+            yield from page.items
+            if not page.next_page_token:
+                return
+            token = page.next_page_token
 
     # ------------------------------------------------------------------ LabelStreamService
 

@@ -27,8 +27,19 @@ from coordinator.domain import aggregates
 from coordinator.domain import commands as C
 from coordinator.domain.person import PersonState
 from coordinator.domain.project import ProjectState
+from coordinator.domain.review import (
+    DEFAULT_ACCURACY_WINDOW,
+    EXPERT,
+    NO_HISTORY,
+    AuthorRecord,
+    may_review,
+    next_stage,
+    resolve_pipeline,
+    role_list,
+    stage_name,
+)
 from coordinator.domain.schedule import schedule_from_spec, shift_remaining
-from coordinator.domain.task import TaskState
+from coordinator.domain.task import DisputeState, TaskState
 from coordinator.domain.validation import validate_annotation, validate_id, validate_task_spec
 from coordinator.errors import (
     AlreadyExists,
@@ -42,8 +53,8 @@ from coordinator.errors import (
 from coordinator.eventlog import codec
 from coordinator.eventlog.base import EventLog, Position, format_checkpoint, parse_checkpoint
 from coordinator.metrics import Metrics
-from projections import queries
-from projections.base import ProjectionStore
+from projections import queries, review_queries
+from projections.base import Doc, ProjectionStore
 
 log = logging.getLogger(__name__)
 R = model_pb2
@@ -70,6 +81,27 @@ ANN_STATUS = {
     "superseded": api_pb2.ANNOTATION_STATUS_SUPERSEDED,
 }
 MAX_IMPORT = 10_000
+MAX_PAGE = 500
+DISPUTE_STATUS = {
+    "open": api_pb2.DISPUTE_STATUS_OPEN,
+    "upheld": api_pb2.DISPUTE_STATUS_UPHELD,
+    "overturned": api_pb2.DISPUTE_STATUS_OVERTURNED,
+    "withdrawn": api_pb2.DISPUTE_STATUS_WITHDRAWN,
+}
+STAGE_STATE = {
+    "pending": api_pb2.STAGE_STATE_PENDING,
+    "skipped": api_pb2.STAGE_STATE_SKIPPED,
+    "accepted": api_pb2.STAGE_STATE_ACCEPTED,
+    "rejected": api_pb2.STAGE_STATE_REJECTED,
+    "corrected": api_pb2.STAGE_STATE_CORRECTED,
+    "overturned": api_pb2.STAGE_STATE_OVERTURNED,
+}
+FEEDBACK_KIND = {
+    "review": api_pb2.FEEDBACK_KIND_REVIEW,
+    "accepted": api_pb2.FEEDBACK_KIND_ACCEPTED,
+    "dispute_opened": api_pb2.FEEDBACK_KIND_DISPUTE_OPENED,
+    "dispute_resolved": api_pb2.FEEDBACK_KIND_DISPUTE_RESOLVED,
+}
 
 
 E = TypeVar("E", bound=Message)
@@ -430,19 +462,24 @@ class Service:
                     expires_at=codec.timestamp(lease.expires_at),
                 )
             )
+        latest: dict[str, DisputeState] = {d.annotation_id: d for d in task.disputes.values()}
         for a in task.annotations.values():
             if only and a.author_id != only:
                 continue
-            out.annotations.append(
-                api_pb2.AnnotationSummary(
-                    annotation_id=a.annotation_id,
-                    author_id=a.author_id,
-                    version=a.version,
-                    status=ANN_STATUS[a.status],
-                    round=a.round,
-                    reason_codes=list(a.reason_codes),
-                )
+            summary = api_pb2.AnnotationSummary(
+                annotation_id=a.annotation_id,
+                author_id=a.author_id,
+                version=a.version,
+                status=ANN_STATUS[a.status],
+                round=a.round,
+                reason_codes=list(a.reason_codes),
+                stage=task.stage_name(a.stage) if a.status == "submitted" else "",
             )
+            dispute = latest.get(a.annotation_id)
+            if dispute is not None:
+                summary.dispute_id = dispute.dispute_id
+                summary.dispute_status = DISPUTE_STATUS[dispute.status]
+            out.annotations.append(summary)
         if task.prelabel is not None:
             out.prelabel.CopyFrom(task.prelabel)
         return out
@@ -510,14 +547,17 @@ class Service:
                 and self.bus.load(f"task:{spec.task_id}")[1]
             ):
                 raise AlreadyExists(f"task {spec.task_id!r} exists already", field=f"tasks[{i}].task_id")
+        pipeline = resolve_pipeline(req.project_id, project.settings)
+        policy = R.REVIEW_POLICY_FULL if next_stage(pipeline, 0) >= 0 else R.REVIEW_POLICY_NONE
         cmds: list[tuple[aggregates.Command, str]] = [
             (
                 C.ImportTask(
                     req.project_id,
                     batch_id,
                     spec,
-                    project.settings.review_policy,
+                    policy,
                     project.settings.lease_seconds,
+                    pipeline,
                 ),
                 f"{req.command_id}/{spec.task_id}",
             )
@@ -714,6 +754,7 @@ class Service:
                     project.guideline_version,
                     req.time_on_task_ms,
                     self.clock(),
+                    self._author_record(task, who.person_id),
                 ),
                 req.command_id,
                 fp,
@@ -743,6 +784,7 @@ class Service:
                     ann,
                     project.schema_version,
                     project.guideline_version,
+                    self._author_record(task, who.person_id),
                 ),
                 req.command_id,
                 fp,
@@ -766,6 +808,7 @@ class Service:
                 if not req.HasField("correction"):
                     raise InvalidArgument("a correction is required for VERDICT_CORRECT", field="correction")
                 _, correction = self._validate_for_task(task, req.correction, "correction")
+            reviewed = task.annotations.get(req.annotation_id)
             prior = self._exec(
                 who,
                 C.ReviewAnnotation(
@@ -780,6 +823,9 @@ class Service:
                     project.reject_reasons,
                     project.schema_version,
                     project.guideline_version,
+                    stage=req.stage,
+                    reviewer_roles=who.roles,
+                    author=self._author_record(task, reviewed.author_id) if reviewed else NO_HISTORY,
                 ),
                 req.command_id,
                 fp,
@@ -787,9 +833,28 @@ class Service:
             )
         recorded = _event_of(prior, events_pb2.ReviewRecorded)
         task_now = self._task(recorded.task_id)
+        ann_status: api_pb2.AnnotationStatus.ValueType = api_pb2.ANNOTATION_STATUS_REJECTED
+        where = ""
+        if recorded.verdict != R.VERDICT_REJECT:
+            ann_status, where = _sent_on(task_now, prior, recorded.stage_index)
         return api_pb2.ReviewResponse(
-            task_status=STATUS[task_now.status], version=recorded.version, position=prior.position
+            task_status=STATUS[task_now.status],
+            version=recorded.version,
+            position=prior.position,
+            stage=recorded.stage,
+            next_stage=where,
+            annotation_status=ann_status,
         )
+
+    def _author_record(self, task: TaskState, person_id: str) -> AuthorRecord:
+        """The author's recent acceptance rate, read only when a stage of the task stratifies."""
+        if not any(stage.strata for stage in task.pipeline.stages):
+            return NO_HISTORY
+        window = task.pipeline.accuracy_window or DEFAULT_ACCURACY_WINDOW
+        acceptance, verdicts = review_queries.recent_acceptance(
+            self.store, task.project_id, person_id, window
+        )
+        return AuthorRecord(acceptance, verdicts)
 
     def reopen_task(self, who: Principal, req: api_pb2.ReopenTaskRequest) -> api_pb2.Task:
         who.require((R.ROLE_ADMIN, R.ROLE_MANAGER, R.ROLE_QA, R.ROLE_EXPERT), "ReopenTask")
@@ -820,6 +885,254 @@ class Service:
         if count:
             self.metrics.leases_expired.inc(count)
         return count
+
+    # ------------------------------------------------------------------ review pipeline
+
+    def _dispute_view(self, task_id: str, dispute_id: str) -> api_pb2.Dispute:
+        """A dispute as the task stream says (consistent with the log, unlike the projection)."""
+        out = api_pb2.Dispute()
+        for ev in self.log.read_stream(f"task:{task_id}"):
+            env = ev.envelope
+            if env.type == "dispute_opened" and env.dispute_opened.dispute_id == dispute_id:
+                o = env.dispute_opened
+                out = api_pb2.Dispute(
+                    dispute_id=o.dispute_id,
+                    task_id=o.task_id,
+                    project_id=o.project_id,
+                    annotation_id=o.annotation_id,
+                    version=o.version,
+                    author_id=o.author_id,
+                    stage=o.stage,
+                    reviewer_id=o.reviewer_id,
+                    reason_codes=list(o.reason_codes),
+                    rejection_comment=o.rejection_comment,
+                    comment=o.comment,
+                    status=api_pb2.DISPUTE_STATUS_OPEN,
+                    opened_at=env.recorded_at,
+                    position=str(ev.position),
+                )
+            elif env.type == "dispute_resolved" and env.dispute_resolved.dispute_id == dispute_id:
+                r = env.dispute_resolved
+                overturned = r.decision == R.DISPUTE_DECISION_OVERTURN
+                out.status = (
+                    api_pb2.DISPUTE_STATUS_OVERTURNED if overturned else api_pb2.DISPUTE_STATUS_UPHELD
+                )
+                out.expert_id = r.expert_id
+                out.resolution_comment = r.comment
+                out.resolved_at.CopyFrom(env.recorded_at)
+                out.position = str(ev.position)
+            elif env.type == "task_reopened" and out.status == api_pb2.DISPUTE_STATUS_OPEN:
+                out.status = api_pb2.DISPUTE_STATUS_WITHDRAWN
+                out.resolved_at.CopyFrom(env.recorded_at)
+                out.position = str(ev.position)
+        if not out.dispute_id:
+            raise NotFound(f"no dispute {dispute_id!r} on task {task_id}", field="dispute_id")
+        return out
+
+    def open_dispute(self, who: Principal, req: api_pb2.OpenDisputeRequest) -> api_pb2.Dispute:
+        who.require(ANNOTATE, "OpenDispute")
+        fp = _request_fingerprint("OpenDispute", req)
+        prior = self.bus.prior(req.command_id, fp)
+        if prior is None:
+            task = self._task(req.task_id)
+            self._member_or_admin(who, self._project(task.project_id))
+            if not req.annotation_id:
+                raise InvalidArgument("required", field="annotation_id")
+            prior = self._exec(
+                who,
+                C.OpenDispute(req.task_id, req.annotation_id, codec.uuid7(), who.person_id, req.comment),
+                req.command_id,
+                fp,
+                prior_checked=True,
+            )
+        opened = _event_of(prior, events_pb2.DisputeOpened)
+        return self._dispute_view(opened.task_id, opened.dispute_id)
+
+    def resolve_dispute(self, who: Principal, req: api_pb2.ResolveDisputeRequest) -> api_pb2.Dispute:
+        who.require((R.ROLE_EXPERT,), "ResolveDispute")
+        fp = _request_fingerprint("ResolveDispute", req)
+        prior = self.bus.prior(req.command_id, fp)
+        if prior is None:
+            task = self._task(req.task_id)
+            self._member_or_admin(who, self._project(task.project_id))
+            if not req.dispute_id:
+                raise InvalidArgument("required", field="dispute_id")
+            dispute = task.disputes.get(req.dispute_id)
+            prior = self._exec(
+                who,
+                C.ResolveDispute(
+                    req.task_id,
+                    req.dispute_id,
+                    who.person_id,
+                    req.decision,
+                    req.comment,
+                    expert_roles=who.roles,
+                    author=self._author_record(task, dispute.author_id) if dispute else NO_HISTORY,
+                ),
+                req.command_id,
+                fp,
+                prior_checked=True,
+            )
+        resolved = _event_of(prior, events_pb2.DisputeResolved)
+        out = self._dispute_view(resolved.task_id, resolved.dispute_id)
+        if resolved.decision == R.DISPUTE_DECISION_OVERTURN:
+            out.next_stage = _sent_on(self._task(resolved.task_id), prior, resolved.stage_index)[1]
+        return out
+
+    def list_disputes(self, who: Principal, req: api_pb2.ListDisputesRequest) -> api_pb2.ListDisputesResponse:
+        who.require(READ_ALL, "ListDisputes")
+        self._member_or_admin(who, self._project(req.project_id))
+        open_ = req.status in (api_pb2.DISPUTE_STATUS_UNSPECIFIED, api_pb2.DISPUTE_STATUS_OPEN)
+        docs, token = review_queries.disputes(
+            self.store,
+            req.project_id,
+            open_=open_,
+            limit=min(req.limit or 50, MAX_PAGE),
+            page_token=req.page_token,
+        )
+        return api_pb2.ListDisputesResponse(disputes=[_dispute_of(d) for d in docs], next_page_token=token)
+
+    def list_review_queue(
+        self, who: Principal, req: api_pb2.ListReviewQueueRequest
+    ) -> api_pb2.ListReviewQueueResponse:
+        who.require(READ_ALL, "ListReviewQueue")
+        project = self._project(req.project_id)
+        self._member_or_admin(who, project)
+        pipeline = resolve_pipeline(project.project_id, project.settings)
+        stages = {stage_name(s): s for s in pipeline.stages}
+        name = req.stage or next(iter(stages), "")
+        stage = stages.get(name)
+        if stage is None:
+            known = ", ".join(stages) or "none: the project does not review"
+            raise InvalidArgument(
+                f"no stage {name!r} in the project's pipeline (stages: {known})", field="stage"
+            )
+        if stage.kind == EXPERT:
+            raise InvalidArgument(
+                f"stage {name!r} resolves disputes: list them with ListDisputes", field="stage"
+            )
+        if not (may_review(stage, who.roles) or who.has(R.ROLE_ADMIN, R.ROLE_MANAGER, R.ROLE_AUDITOR)):
+            raise PermissionDenied(f"stage {name!r} is reviewed by the roles: {role_list(stage)}")
+        docs, token = review_queries.review_queue(
+            self.store, req.project_id, name, min(req.limit or 50, MAX_PAGE), req.page_token
+        )
+        out = api_pb2.ListReviewQueueResponse(
+            next_page_token=token,
+            depth=review_queries.stage_depths(self.store, req.project_id).get(name, 0),
+            stage=name,
+        )
+        for doc in docs:
+            item = api_pb2.ReviewQueueItem(
+                task_id=doc["task_id"],
+                annotation_id=doc["annotation_id"],
+                version=doc["version"],
+                author_id=doc["author_id"],
+                stage=doc["stage"],
+                rate=doc["rate"],
+            )
+            item.entered_at.FromMilliseconds(doc["entered_ms"])
+            out.items.append(item)
+        return out
+
+    def get_review_state(self, who: Principal, req: api_pb2.GetReviewStateRequest) -> api_pb2.ReviewState:
+        who.require(EVERYONE, "GetReviewState")
+        task = self._task(req.task_id)
+        full = self._may_see_task(who, task, self._project(task.project_id))
+        out = api_pb2.ReviewState(
+            task_id=task.task_id,
+            project_id=task.project_id,
+            stages=[stage_name(s) for s in task.pipeline.stages],
+        )
+        doc = review_queries.review_state(self.store, req.task_id)
+        if doc is None:
+            return out  # the projection has not seen the task yet
+        disputes: dict[str, Doc] = {
+            d["dispute_id"]: d for d in review_queries.disputes_of_task(self.store, req.task_id)
+        }
+        for annotation_id, a in doc["annotations"].items():
+            if not full and a["author_id"] != who.person_id:
+                continue
+            view = api_pb2.AnnotationReview(
+                annotation_id=annotation_id,
+                author_id=a["author_id"],
+                version=a["version"],
+                status=ANN_STATUS.get(a["status"], api_pb2.ANNOTATION_STATUS_UNSPECIFIED),
+                pending_stage=a["pending"],
+            )
+            for name in out.stages:
+                rec = a["stages"].get(name)
+                if rec is None:
+                    continue
+                record = api_pb2.StageRecord(
+                    stage=name,
+                    state=STAGE_STATE[rec["state"]],
+                    version=rec["version"],
+                    reviewer_id=rec.get("reviewer_id", ""),
+                    reason_codes=rec.get("reason_codes", ()),
+                    comment=rec.get("comment", ""),
+                    sampled=rec.get("sampled", True),
+                    rate=rec.get("rate", 1.0),
+                    sample_point=rec.get("sample_point", 0.0),
+                )
+                record.at.FromMilliseconds(rec["at_ms"])
+                view.stages.append(record)
+            for dispute_id in a.get("disputes", ()):
+                if dispute_id in disputes:
+                    view.disputes.append(_dispute_of(disputes[dispute_id]))
+            out.annotations.append(view)
+        return out
+
+    def list_feedback(self, who: Principal, req: api_pb2.ListFeedbackRequest) -> api_pb2.ListFeedbackResponse:
+        who.require(EVERYONE, "ListFeedback")
+        person_id = req.person_id or who.person_id
+        scope: frozenset[str] | None = None
+        if person_id != who.person_id:
+            who.require((R.ROLE_ADMIN, R.ROLE_MANAGER, R.ROLE_AUDITOR), "ListFeedback of other people")
+            if not who.sees_everything:  # managers: the projects they manage
+                scope = frozenset(queries.projects_of(self.store, who.person_id))
+        if req.project_id:
+            self._member_or_admin(who, self._project(req.project_id))
+            scope = frozenset({req.project_id})
+        rows, token = review_queries.feedback(
+            self.store,
+            person_id,
+            limit=min(req.limit or 50, MAX_PAGE),
+            page_token=req.page_token,
+            project_ids=scope,
+        )
+        projects: dict[str, ProjectState | None] = {}
+        out = api_pb2.ListFeedbackResponse(next_page_token=token)
+        for cursor, row in rows:
+            pid = row["project_id"]
+            if pid not in projects:
+                try:
+                    projects[pid] = self._project(pid)
+                except NotFound:
+                    projects[pid] = None
+            project = projects[pid]
+            item = api_pb2.FeedbackItem(
+                cursor=cursor,
+                kind=FEEDBACK_KIND.get(row["kind"], api_pb2.FEEDBACK_KIND_UNSPECIFIED),
+                project_id=pid,
+                task_id=row["task_id"],
+                annotation_id=row["annotation_id"],
+                version=row["version"],
+                stage=row.get("stage", ""),
+                from_person_id=row.get("from_person_id", ""),
+                verdict=row.get("verdict", 0),
+                reason_codes=row.get("reason_codes", ()),
+                comment=row.get("comment", ""),
+                dispute_id=row.get("dispute_id", ""),
+                decision=row.get("decision", 0),
+                position=row["position"],
+                event_id=row["event_id"],
+            )
+            for code in item.reason_codes:
+                description = project.reason_description(code) if project is not None else ""
+                item.reasons.append(model_pb2.ReasonCode(code=code, description=description))
+            item.at.FromMilliseconds(row["at_ms"])
+            out.items.append(item)
+        return out
 
     # ------------------------------------------------------------------ history and metrics
 
@@ -977,6 +1290,47 @@ def _concerns(envelope: events_pb2.EventEnvelope, payload: Message, person_id: s
     if getattr(payload, "person_id", "") == person_id:
         return True
     return getattr(payload, "annotation_id", "") in mine
+
+
+def _sent_on(
+    task: TaskState, outcome: Outcome, from_index: int
+) -> tuple[api_pb2.AnnotationStatus.ValueType, str]:
+    """(annotation status, stage it waits at) after work left stage `from_index` in `outcome`:
+    accepted past the last stage, at the stage a ReviewRouted sampled it for, or at the next
+    stage (one that reviews everything records no routing event)."""
+    index = next_stage(task.pipeline, from_index + 1)
+    for payload in outcome.payloads():
+        if isinstance(payload, events_pb2.AnnotationAccepted):
+            return api_pb2.ANNOTATION_STATUS_ACCEPTED, ""
+        if isinstance(payload, events_pb2.ReviewRouted):
+            index = (
+                payload.stage_index if payload.sampled else next_stage(task.pipeline, payload.stage_index + 1)
+            )
+    return api_pb2.ANNOTATION_STATUS_SUBMITTED, task.stage_name(index)
+
+
+def _dispute_of(doc: Doc) -> api_pb2.Dispute:
+    out = api_pb2.Dispute(
+        dispute_id=doc["dispute_id"],
+        task_id=doc["task_id"],
+        project_id=doc["project_id"],
+        annotation_id=doc["annotation_id"],
+        version=doc["version"],
+        author_id=doc["author_id"],
+        stage=doc["stage"],
+        reviewer_id=doc["reviewer_id"],
+        reason_codes=doc["reason_codes"],
+        rejection_comment=doc["rejection_comment"],
+        comment=doc["comment"],
+        status=DISPUTE_STATUS[doc["status"]],
+        expert_id=doc["expert_id"],
+        resolution_comment=doc["resolution_comment"],
+        position=doc["position"],
+    )
+    out.opened_at.FromMilliseconds(doc["opened_ms"])
+    if doc["resolved_ms"]:
+        out.resolved_at.FromMilliseconds(doc["resolved_ms"])
+    return out
 
 
 def _could_lease(task: TaskState, person_id: str, now: datetime) -> bool:

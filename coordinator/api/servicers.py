@@ -286,6 +286,62 @@ class TaskServicer(_Base, api_pb2_grpc.TaskServiceServicer):
         )
 
 
+class ReviewServicer(_Base, api_pb2_grpc.ReviewServiceServicer):
+    def ListReviewQueue(
+        self, request: api_pb2.ListReviewQueueRequest, context: grpc.ServicerContext
+    ) -> api_pb2.ListReviewQueueResponse:
+        return self._call(
+            "ListReviewQueue",
+            context,
+            lambda w: self.service.list_review_queue(w, request),
+            api_pb2.ListReviewQueueResponse(),
+        )
+
+    def GetReviewState(
+        self, request: api_pb2.GetReviewStateRequest, context: grpc.ServicerContext
+    ) -> api_pb2.ReviewState:
+        return self._call(
+            "GetReviewState",
+            context,
+            lambda w: self.service.get_review_state(w, request),
+            api_pb2.ReviewState(),
+        )
+
+    def OpenDispute(
+        self, request: api_pb2.OpenDisputeRequest, context: grpc.ServicerContext
+    ) -> api_pb2.Dispute:
+        return self._call(
+            "OpenDispute", context, lambda w: self.service.open_dispute(w, request), api_pb2.Dispute()
+        )
+
+    def ResolveDispute(
+        self, request: api_pb2.ResolveDisputeRequest, context: grpc.ServicerContext
+    ) -> api_pb2.Dispute:
+        return self._call(
+            "ResolveDispute", context, lambda w: self.service.resolve_dispute(w, request), api_pb2.Dispute()
+        )
+
+    def ListDisputes(
+        self, request: api_pb2.ListDisputesRequest, context: grpc.ServicerContext
+    ) -> api_pb2.ListDisputesResponse:
+        return self._call(
+            "ListDisputes",
+            context,
+            lambda w: self.service.list_disputes(w, request),
+            api_pb2.ListDisputesResponse(),
+        )
+
+    def ListFeedback(
+        self, request: api_pb2.ListFeedbackRequest, context: grpc.ServicerContext
+    ) -> api_pb2.ListFeedbackResponse:
+        return self._call(
+            "ListFeedback",
+            context,
+            lambda w: self.service.list_feedback(w, request),
+            api_pb2.ListFeedbackResponse(),
+        )
+
+
 class LabelStreamServicer(_Base, api_pb2_grpc.LabelStreamServiceServicer):
     def SubscribeLabels(
         self, request: api_pb2.SubscribeLabelsRequest, context: grpc.ServicerContext
@@ -314,4 +370,5 @@ def add_servicers(server: grpc.Server, service: Service) -> list[str]:
     api_pb2_grpc.add_AdminServiceServicer_to_server(AdminServicer(service), server)
     api_pb2_grpc.add_TaskServiceServicer_to_server(TaskServicer(service), server)
     api_pb2_grpc.add_LabelStreamServiceServicer_to_server(LabelStreamServicer(service), server)
+    api_pb2_grpc.add_ReviewServiceServicer_to_server(ReviewServicer(service), server)
     return [s.full_name for s in api_pb2.DESCRIPTOR.services_by_name.values()]

@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 
 from coordinator._pb.labelweave.events.v1 import annotation_pb2, model_pb2
+from coordinator.domain.review import NO_HISTORY, AuthorRecord
 
 # ------------------------------------------------------------------ projects
 
@@ -98,6 +99,7 @@ class ImportTask:
     spec: model_pb2.TaskSpec  # overlap already resolved (>= 1)
     review_policy: model_pb2.ReviewPolicy.ValueType
     lease_seconds: int
+    pipeline: model_pb2.ReviewPipeline | None = None  # resolved; None: derived from review_policy
 
 
 @dataclass(frozen=True)
@@ -142,6 +144,7 @@ class SubmitAnnotation:
     guideline_version: int
     time_on_task_ms: int
     now: datetime
+    author: AuthorRecord = NO_HISTORY  # the author's recent acceptance, for stratified sampling
 
 
 @dataclass(frozen=True)
@@ -153,6 +156,7 @@ class EditAnnotation:
     annotation: annotation_pb2.Annotation
     label_schema_version: int
     guideline_version: int
+    author: AuthorRecord = NO_HISTORY
 
 
 @dataclass(frozen=True)
@@ -168,6 +172,31 @@ class ReviewAnnotation:
     allowed_reasons: frozenset[str]
     label_schema_version: int
     guideline_version: int
+    stage: str = ""  # the stage the reviewer means ("" : wherever the work waits)
+    # The reviewer's roles, checked against the stage's reviewer roles. None: the caller has
+    # checked them (internal callers, tests); the API always passes the principal's roles.
+    reviewer_roles: frozenset[int] | None = None
+    author: AuthorRecord = NO_HISTORY  # for sampling the stages after this one
+
+
+@dataclass(frozen=True)
+class OpenDispute:
+    task_id: str
+    annotation_id: str
+    dispute_id: str
+    person_id: str
+    comment: str
+
+
+@dataclass(frozen=True)
+class ResolveDispute:
+    task_id: str
+    dispute_id: str
+    expert_id: str
+    decision: model_pb2.DisputeDecision.ValueType
+    comment: str
+    expert_roles: frozenset[int] | None = None  # as ReviewAnnotation.reviewer_roles
+    author: AuthorRecord = NO_HISTORY  # for sampling the stages after an overturn
 
 
 @dataclass(frozen=True)
@@ -195,6 +224,8 @@ TaskCommand = (
     | ReviewAnnotation
     | ReopenTask
     | AbandonAnnotation
+    | OpenDispute
+    | ResolveDispute
 )
 
 

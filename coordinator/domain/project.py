@@ -22,6 +22,7 @@ from coordinator.domain.commands import (
     UpdateProjectSettings,
 )
 from coordinator.domain.ids import check_id
+from coordinator.domain.review import check_settings, normalize_pipeline, reason_codes_of
 from coordinator.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound
 
 DEFAULT_OVERLAP: Final = 1
@@ -61,7 +62,14 @@ class ProjectState:
 
     @property
     def reject_reasons(self) -> frozenset[str]:
-        return frozenset(self.label_schema.reject_reasons) if self.label_schema is not None else frozenset()
+        """Reason codes reviews may cite: the settings' list, else the label schema's (empty: any)."""
+        return reason_codes_of(self.settings, self.label_schema)
+
+    def reason_description(self, code: str) -> str:
+        for reason in self.settings.reason_codes:
+            if reason.code == code:
+                return reason.description
+        return ""
 
 
 def normalize_settings(settings: model_pb2.ProjectSettings) -> model_pb2.ProjectSettings:
@@ -74,10 +82,13 @@ def normalize_settings(settings: model_pb2.ProjectSettings) -> model_pb2.Project
         out.lease_seconds = DEFAULT_LEASE_SECONDS
     if out.review_policy == model_pb2.REVIEW_POLICY_UNSPECIFIED:
         out.review_policy = model_pb2.REVIEW_POLICY_FULL
+    if out.pipeline.stages:
+        out.pipeline.CopyFrom(normalize_pipeline(out.pipeline))
     return out
 
 
 def _checked_settings(settings: model_pb2.ProjectSettings) -> model_pb2.ProjectSettings:
+    check_settings(settings)
     out = normalize_settings(settings)
     if out.default_overlap > MAX_OVERLAP:
         raise InvalidArgument(

@@ -1,8 +1,14 @@
 """The task aggregate: leases, annotations, reviews and rounds of one media item.
 
-A task is its own consistency boundary. Everything it needs to decide (overlap, review policy,
+A task is its own consistency boundary. Everything it needs to decide (overlap, review pipeline,
 lease length) is copied into `TaskImported`, so a decision never has to read the project stream
 and two tasks never contend for the same lock.
+
+Review: submitted work waits at a stage of the task's pipeline (`coordinator.domain.review`);
+an accept or a correction sends it on to the next stage that samples it, and past the last stage
+it is accepted (`AnnotationAccepted`). A rejection returns it to its author, who reworks it (the
+pipeline starts again), abandons it, or disputes the rejection once; an expert upholds the
+rejection or overturns it, which counts as an accept at that stage.
 
 Slots: a task with overlap N accepts work from at most N people per round. A slot is taken by a
 lease or by a live annotation (submitted, accepted or rejected in the current round); abandoning
@@ -27,13 +33,28 @@ from coordinator.domain.commands import (
     ImportTask,
     IngestPrelabel,
     LeaseTask,
+    OpenDispute,
     ReleaseLease,
     ReopenTask,
+    ResolveDispute,
     ReviewAnnotation,
     SubmitAnnotation,
     TaskCommand,
 )
 from coordinator.domain.ids import require_aware, to_datetime, to_timestamp
+from coordinator.domain.review import (
+    AuthorRecord,
+    check_comment,
+    expert_stage,
+    may_review,
+    next_stage,
+    pipeline_of_import,
+    reviews_everything,
+    role_list,
+    sample_point,
+    stage_name,
+    stage_rate,
+)
 from coordinator.errors import (
     AlreadyExists,
     Conflict,
@@ -50,6 +71,11 @@ ABANDONED: Final = "abandoned"
 SUPERSEDED: Final = "superseded"
 LIVE_STATUSES: Final = frozenset({SUBMITTED, ACCEPTED, REJECTED})
 
+OPEN: Final = "open"
+UPHELD: Final = "upheld"
+OVERTURNED: Final = "overturned"
+WITHDRAWN: Final = "withdrawn"
+
 TASK_EVENTS: Final[tuple[type[Message], ...]] = (
     events_pb2.TaskImported,
     events_pb2.PrelabelIngested,
@@ -63,6 +89,9 @@ TASK_EVENTS: Final[tuple[type[Message], ...]] = (
     events_pb2.TaskCompleted,
     events_pb2.TaskReopened,
     events_pb2.AnnotationAbandoned,
+    events_pb2.ReviewRouted,
+    events_pb2.DisputeOpened,
+    events_pb2.DisputeResolved,
 )
 
 _M = TypeVar("_M", bound=Message)
@@ -89,11 +118,40 @@ def _empty_annotations() -> Mapping[str, AnnotationState]:
     return MappingProxyType({})
 
 
+def _empty_disputes() -> Mapping[str, DisputeState]:
+    return MappingProxyType({})
+
+
 @dataclass(frozen=True)
 class LeaseState:
     lease_id: str
     person_id: str
     expires_at: datetime
+
+
+@dataclass(frozen=True)
+class Rejection:
+    """The rejection an annotation is currently returned with."""
+
+    stage_index: int
+    version: int
+    reviewer_id: str
+    reason_codes: tuple[str, ...]
+    comment: str
+    dispute_id: str = ""  # set once disputed: a rejection is disputed at most once
+
+
+@dataclass(frozen=True)
+class DisputeState:
+    dispute_id: str
+    annotation_id: str
+    version: int
+    stage_index: int
+    author_id: str
+    reviewer_id: str
+    reason_codes: tuple[str, ...]
+    status: str  # open | upheld | overturned | withdrawn
+    expert_id: str = ""
 
 
 @dataclass(frozen=True)
@@ -107,6 +165,9 @@ class AnnotationState:
     annotation: annotation_pb2.Annotation  # content of the latest version
     label_schema_version: int
     guideline_version: int
+    stage: int = -1  # submitted work: index of the pipeline stage it waits at; -1 otherwise
+    reviewers: tuple[str, ...] = ()  # who gave a verdict since the author last (re)submitted
+    rejection: Rejection | None = None
 
     @property
     def live(self) -> bool:
@@ -127,6 +188,8 @@ class TaskState:
     prelabel: annotation_pb2.Annotation | None = None
     prelabel_id: str = ""
     completed: bool = False
+    pipeline: model_pb2.ReviewPipeline = field(default_factory=model_pb2.ReviewPipeline)
+    disputes: Mapping[str, DisputeState] = field(default_factory=_empty_disputes)
 
     @property
     def overlap(self) -> int:
@@ -161,7 +224,10 @@ class TaskState:
     @property
     def needs_review(self) -> bool:
         # UNSPECIFIED means FULL: forgetting to choose a policy must not skip review.
-        return self.review_policy != model_pb2.REVIEW_POLICY_NONE
+        return next_stage(self.pipeline, 0) >= 0
+
+    def stage_name(self, index: int) -> str:
+        return stage_name(self.pipeline.stages[index]) if 0 <= index < len(self.pipeline.stages) else ""
 
 
 # ---------------------------------------------------------------------------------------- decide
@@ -190,6 +256,10 @@ def decide_task(state: TaskState | None, cmd: TaskCommand) -> list[Message]:
         return _reopen(state, cmd)
     if isinstance(cmd, AbandonAnnotation):
         return _abandon(state, cmd)
+    if isinstance(cmd, OpenDispute):
+        return _open_dispute(state, cmd)
+    if isinstance(cmd, ResolveDispute):
+        return _resolve_dispute(state, cmd)
     raise TypeError(f"not a task command: {type(cmd).__name__}")
 
 
@@ -204,15 +274,16 @@ def _import(state: TaskState | None, cmd: ImportTask) -> list[Message]:
         )
     if cmd.lease_seconds < 1:
         raise InvalidArgument("lease length must be at least one second", field="lease_seconds")
-    return [
-        events_pb2.TaskImported(
-            project_id=cmd.project_id,
-            batch_id=cmd.batch_id,
-            task=cmd.spec,
-            review_policy=cmd.review_policy,
-            lease_seconds=cmd.lease_seconds,
-        )
-    ]
+    imported = events_pb2.TaskImported(
+        project_id=cmd.project_id,
+        batch_id=cmd.batch_id,
+        task=cmd.spec,
+        review_policy=cmd.review_policy,
+        lease_seconds=cmd.lease_seconds,
+    )
+    if cmd.pipeline is not None:
+        imported.pipeline.CopyFrom(cmd.pipeline)
+    return [imported]
 
 
 def _ingest_prelabel(state: TaskState, cmd: IngestPrelabel) -> list[Message]:
@@ -327,19 +398,8 @@ def _submit(state: TaskState, cmd: SubmitAnnotation) -> list[Message]:
             project_id=state.project_id,
         )
     ]
-    if not state.needs_review:
-        events.append(
-            _accepted(
-                state,
-                cmd.annotation_id,
-                1,
-                cmd.person_id,
-                "",
-                cmd.annotation,
-                cmd.label_schema_version,
-                cmd.guideline_version,
-            )
-        )
+    after = _apply(state, events)
+    events.extend(_route(after, after.annotations[cmd.annotation_id], 0, "", cmd.author))
     return _with_completion(state, events)
 
 
@@ -351,6 +411,7 @@ def _edit(state: TaskState, cmd: EditAnnotation) -> list[Message]:
         raise FailedPrecondition("accepted work is final; a reviewer corrects it with VERDICT_CORRECT")
     if ann.status not in (SUBMITTED, REJECTED):
         raise FailedPrecondition(f"annotation is {ann.status} and cannot be edited")
+    _refuse_while_disputed(state, ann)
     if cmd.expected_version != ann.version:
         raise Conflict(
             f"annotation {ann.annotation_id} is at version {ann.version}, not {cmd.expected_version}",
@@ -370,19 +431,8 @@ def _edit(state: TaskState, cmd: EditAnnotation) -> list[Message]:
             project_id=state.project_id,
         )
     ]
-    if not state.needs_review:
-        events.append(
-            _accepted(
-                state,
-                ann.annotation_id,
-                version,
-                ann.author_id,
-                "",
-                cmd.annotation,
-                cmd.label_schema_version,
-                cmd.guideline_version,
-            )
-        )
+    after = _apply(state, events)
+    events.extend(_route(after, after.annotations[ann.annotation_id], 0, "", cmd.author))
     return _with_completion(state, events)
 
 
@@ -394,8 +444,25 @@ def _review(state: TaskState, cmd: ReviewAnnotation) -> list[Message]:
         raise Conflict(
             f"annotation {ann.annotation_id} is at version {ann.version}, not {cmd.version}", field="version"
         )
+    if ann.stage < 0:
+        raise FailedPrecondition(f"annotation {ann.annotation_id} is not waiting at a review stage")
+    stage = state.pipeline.stages[ann.stage]
+    name = stage_name(stage)
+    if cmd.stage and cmd.stage != name:
+        raise FailedPrecondition(
+            f"annotation {ann.annotation_id} waits at stage {name!r}, not {cmd.stage!r}", field="stage"
+        )
     if cmd.reviewer_id == ann.author_id:
         raise PermissionDenied("reviewers cannot review their own work")
+    if cmd.reviewer_roles is not None and not may_review(stage, cmd.reviewer_roles):
+        raise PermissionDenied(
+            f"stage {name!r} is reviewed by the roles: {role_list(stage)}; {cmd.reviewer_id} has none of them"
+        )
+    if cmd.reviewer_id in ann.reviewers:
+        raise FailedPrecondition(
+            f"{cmd.reviewer_id} has already given a verdict on this work at an earlier stage;"
+            f" stage {name!r} needs another person"
+        )
     if cmd.verdict not in (model_pb2.VERDICT_ACCEPT, model_pb2.VERDICT_REJECT, model_pb2.VERDICT_CORRECT):
         raise InvalidArgument("choose VERDICT_ACCEPT, VERDICT_REJECT or VERDICT_CORRECT", field="verdict")
     if cmd.verdict == model_pb2.VERDICT_REJECT and not cmd.reason_codes:
@@ -407,6 +474,7 @@ def _review(state: TaskState, cmd: ReviewAnnotation) -> list[Message]:
                     f"unknown reason code {code!r}; allowed: {', '.join(sorted(cmd.allowed_reasons))}",
                     field=f"reason_codes[{i}]",
                 )
+    check_comment(cmd.comment)
 
     def recorded(version: int) -> events_pb2.ReviewRecorded:
         return events_pb2.ReviewRecorded(
@@ -419,34 +487,22 @@ def _review(state: TaskState, cmd: ReviewAnnotation) -> list[Message]:
             comment=cmd.comment,
             author_id=ann.author_id,
             project_id=state.project_id,
+            stage=name,
+            stage_index=ann.stage,
         )
 
     if cmd.verdict == model_pb2.VERDICT_REJECT:
         return [recorded(ann.version)]
+    events: list[Message]
     if cmd.verdict == model_pb2.VERDICT_ACCEPT:
-        return _with_completion(
-            state,
-            [
-                recorded(ann.version),
-                _accepted(
-                    state,
-                    ann.annotation_id,
-                    ann.version,
-                    ann.author_id,
-                    cmd.reviewer_id,
-                    ann.annotation,
-                    ann.label_schema_version,
-                    ann.guideline_version,
-                ),
-            ],
-        )
-    # CORRECT: the reviewer's fix becomes a new version of the author's annotation, then is accepted.
-    if cmd.correction is None:
-        raise InvalidArgument("a correction is required for VERDICT_CORRECT", field="correction")
-    version = ann.version + 1
-    return _with_completion(
-        state,
-        [
+        events = [recorded(ann.version)]
+    else:
+        # CORRECT: the reviewer's fix becomes a new version of the author's annotation, accepted at
+        # this stage; it goes on through the rest of the pipeline like any accepted work.
+        if cmd.correction is None:
+            raise InvalidArgument("a correction is required for VERDICT_CORRECT", field="correction")
+        version = ann.version + 1
+        events = [
             events_pb2.AnnotationEdited(
                 task_id=state.task_id,
                 annotation_id=ann.annotation_id,
@@ -459,18 +515,173 @@ def _review(state: TaskState, cmd: ReviewAnnotation) -> list[Message]:
                 project_id=state.project_id,
             ),
             recorded(version),
-            _accepted(
-                state,
-                ann.annotation_id,
-                version,
-                ann.author_id,
-                cmd.reviewer_id,
-                cmd.correction,
-                cmd.label_schema_version,
-                cmd.guideline_version,
-            ),
-        ],
+        ]
+    after = _apply(state, events)
+    events.extend(
+        _route(after, after.annotations[ann.annotation_id], ann.stage + 1, cmd.reviewer_id, cmd.author)
     )
+    return _with_completion(state, events)
+
+
+def _route(
+    state: TaskState, ann: AnnotationState, start: int, accepted_by: str, author: AuthorRecord
+) -> list[Message]:
+    """Send work on from stage `start`: the first review stage that samples it gets it, and past
+    the last stage it is accepted. A stage that reviews everything needs no decision (the work
+    waits there, `evolve` knows); a sampling decision is recorded in `ReviewRouted`."""
+    pipeline = state.pipeline
+    events: list[Message] = []
+    index = next_stage(pipeline, start)
+    while index >= 0:
+        stage = pipeline.stages[index]
+        if reviews_everything(stage):
+            return events
+        name = stage_name(stage)
+        rate = stage_rate(stage, author)
+        point = sample_point(pipeline.sampling_seed, state.task_id, ann.annotation_id, name)
+        sampled = point < rate
+        events.append(
+            events_pb2.ReviewRouted(
+                task_id=state.task_id,
+                annotation_id=ann.annotation_id,
+                version=ann.version,
+                author_id=ann.author_id,
+                project_id=state.project_id,
+                stage=name,
+                stage_index=index,
+                kind=stage.kind,
+                sampled=sampled,
+                rate=rate,
+                sample_point=point,
+                author_acceptance=author.acceptance if author.verdicts else 0.0,
+                author_verdicts=max(author.verdicts, 0),
+            )
+        )
+        if sampled:
+            return events
+        index = next_stage(pipeline, index + 1)
+    events.append(
+        _accepted(
+            state,
+            ann.annotation_id,
+            ann.version,
+            ann.author_id,
+            accepted_by,
+            ann.annotation,
+            ann.label_schema_version,
+            ann.guideline_version,
+        )
+    )
+    return events
+
+
+def _refuse_while_disputed(state: TaskState, ann: AnnotationState) -> None:
+    rejection = ann.rejection
+    if rejection is not None and rejection.dispute_id:
+        dispute = state.disputes.get(rejection.dispute_id)
+        if dispute is not None and dispute.status == OPEN:
+            raise FailedPrecondition(
+                f"the rejection of annotation {ann.annotation_id} is disputed (dispute"
+                f" {dispute.dispute_id}); wait for the expert's decision"
+            )
+
+
+def _open_dispute(state: TaskState, cmd: OpenDispute) -> list[Message]:
+    ann = _annotation(state, cmd.annotation_id)
+    if cmd.person_id != ann.author_id:
+        raise PermissionDenied(
+            f"only the author of annotation {ann.annotation_id} may dispute its rejection",
+            field="annotation_id",
+        )
+    if ann.status == ACCEPTED:
+        raise FailedPrecondition(
+            f"annotation {ann.annotation_id} is accepted: there is no rejection to dispute"
+        )
+    rejection = ann.rejection
+    if ann.status != REJECTED or rejection is None:
+        raise FailedPrecondition(
+            f"annotation {ann.annotation_id} is {ann.status}: only a rejection can be disputed"
+        )
+    if rejection.dispute_id:
+        prior = state.disputes.get(rejection.dispute_id)
+        status = prior.status if prior is not None else OPEN
+        then = "wait for the expert's decision" if status == OPEN else "the expert's decision is final"
+        raise FailedPrecondition(
+            f"this rejection was disputed already (dispute {rejection.dispute_id}, {status}); {then}"
+        )
+    expert = expert_stage(state.pipeline)
+    if expert < 0:
+        raise FailedPrecondition(
+            "this task's review pipeline has no expert resolution stage, so rejections cannot be disputed"
+        )
+    if not cmd.dispute_id:
+        raise InvalidArgument("required", field="dispute_id")
+    if cmd.dispute_id in state.disputes:
+        raise AlreadyExists(f"dispute {cmd.dispute_id} exists already", field="dispute_id")
+    if not cmd.comment.strip():
+        raise InvalidArgument("say why the rejection is wrong", field="comment")
+    check_comment(cmd.comment)
+    return [
+        events_pb2.DisputeOpened(
+            task_id=state.task_id,
+            dispute_id=cmd.dispute_id,
+            annotation_id=ann.annotation_id,
+            version=rejection.version,
+            author_id=ann.author_id,
+            project_id=state.project_id,
+            stage=state.stage_name(rejection.stage_index),
+            stage_index=rejection.stage_index,
+            reviewer_id=rejection.reviewer_id,
+            reason_codes=rejection.reason_codes,
+            comment=cmd.comment,
+            rejection_comment=rejection.comment,
+        )
+    ]
+
+
+def _resolve_dispute(state: TaskState, cmd: ResolveDispute) -> list[Message]:
+    dispute = state.disputes.get(cmd.dispute_id)
+    if dispute is None:
+        raise NotFound(f"no dispute {cmd.dispute_id!r} on task {state.task_id}", field="dispute_id")
+    if dispute.status != OPEN:
+        raise FailedPrecondition(
+            f"dispute {dispute.dispute_id} is {dispute.status} already; the expert's decision is final"
+        )
+    stage = state.pipeline.stages[expert_stage(state.pipeline)]
+    if cmd.expert_roles is not None and not may_review(stage, cmd.expert_roles):
+        raise PermissionDenied(
+            f"disputes are resolved by the roles: {role_list(stage)}; {cmd.expert_id} has none of them"
+        )
+    if cmd.expert_id in (dispute.author_id, dispute.reviewer_id):
+        raise PermissionDenied(
+            "the expert resolving a dispute must be neither its author nor the reviewer who rejected"
+        )
+    if cmd.decision not in (model_pb2.DISPUTE_DECISION_UPHOLD, model_pb2.DISPUTE_DECISION_OVERTURN):
+        raise InvalidArgument("choose DISPUTE_DECISION_UPHOLD or DISPUTE_DECISION_OVERTURN", field="decision")
+    check_comment(cmd.comment)
+    events: list[Message] = [
+        events_pb2.DisputeResolved(
+            task_id=state.task_id,
+            dispute_id=dispute.dispute_id,
+            annotation_id=dispute.annotation_id,
+            version=dispute.version,
+            author_id=dispute.author_id,
+            project_id=state.project_id,
+            stage=state.stage_name(dispute.stage_index),
+            stage_index=dispute.stage_index,
+            reviewer_id=dispute.reviewer_id,
+            expert_id=cmd.expert_id,
+            decision=cmd.decision,
+            comment=cmd.comment,
+        )
+    ]
+    if cmd.decision == model_pb2.DISPUTE_DECISION_UPHOLD:
+        return events
+    # OVERTURN: the rejection is void; the work counts as accepted at that stage and goes on.
+    after = _apply(state, events)
+    ann = after.annotations[dispute.annotation_id]
+    events.extend(_route(after, ann, dispute.stage_index + 1, cmd.expert_id, cmd.author))
+    return _with_completion(state, events)
 
 
 def _reopen(state: TaskState, cmd: ReopenTask) -> list[Message]:
@@ -489,6 +700,7 @@ def _abandon(state: TaskState, cmd: AbandonAnnotation) -> list[Message]:
         raise PermissionDenied("only the author may abandon an annotation", field="annotation_id")
     if ann.status != REJECTED:
         raise FailedPrecondition(f"only rejected annotations can be abandoned; this one is {ann.status}")
+    _refuse_while_disputed(state, ann)
     return [
         events_pb2.AnnotationAbandoned(
             task_id=state.task_id, annotation_id=ann.annotation_id, person_id=cmd.person_id, reason=cmd.reason
@@ -563,6 +775,7 @@ def evolve_task(state: TaskState | None, event: Message) -> TaskState:
             review_policy=event.review_policy,
             lease_seconds=event.lease_seconds,
             prelabel=_copy(spec.prelabel) if spec.HasField("prelabel") else None,
+            pipeline=pipeline_of_import(event),
         )
     if state is None:
         raise ValueError(f"{type(event).__name__} before TaskImported")
@@ -574,6 +787,9 @@ def evolve_task(state: TaskState | None, event: Message) -> TaskState:
         return replace(state, leases=_frozen(leases))
     if isinstance(event, events_pb2.LeaseReleased | events_pb2.LeaseExpired):
         return _without_lease(state, event.lease_id)
+    # Where submitted work waits: a stage that reviews everything records no routing event, so
+    # every event that sends work on puts it at the next review stage; a `ReviewRouted` that
+    # follows (a sampling stage) moves it on, and `AnnotationAccepted` takes it out.
     if isinstance(event, events_pb2.AnnotationSubmitted):
         state = _without_lease(state, event.lease_id)
         return _put(
@@ -588,10 +804,12 @@ def evolve_task(state: TaskState | None, event: Message) -> TaskState:
                 annotation=_copy(event.annotation),
                 label_schema_version=event.label_schema_version,
                 guideline_version=event.guideline_version,
+                stage=next_stage(state.pipeline, 0),
             ),
         )
     if isinstance(event, events_pb2.AnnotationEdited):
         ann = _known(state, event.annotation_id)
+        by_author = event.person_id == ann.author_id  # else a reviewer's correction, same pass
         return _put(
             state,
             replace(
@@ -602,28 +820,112 @@ def evolve_task(state: TaskState | None, event: Message) -> TaskState:
                 annotation=_copy(event.annotation),
                 label_schema_version=event.label_schema_version,
                 guideline_version=event.guideline_version,
+                stage=next_stage(state.pipeline, 0),
+                reviewers=() if by_author else ann.reviewers,
+                rejection=None,
             ),
         )
     if isinstance(event, events_pb2.ReviewRecorded):
-        if event.verdict != model_pb2.VERDICT_REJECT:
-            return state  # acceptance is carried by AnnotationAccepted
         ann = _known(state, event.annotation_id)
-        return _put(state, replace(ann, status=REJECTED, reason_codes=tuple(event.reason_codes)))
+        reviewers = (
+            ann.reviewers if event.reviewer_id in ann.reviewers else (*ann.reviewers, event.reviewer_id)
+        )
+        if event.verdict != model_pb2.VERDICT_REJECT:
+            # sent on; acceptance past the last stage is carried by AnnotationAccepted
+            stage = next_stage(state.pipeline, event.stage_index + 1)
+            return _put(state, replace(ann, stage=stage, reviewers=reviewers))
+        rejection = Rejection(
+            stage_index=event.stage_index,
+            version=event.version,
+            reviewer_id=event.reviewer_id,
+            reason_codes=tuple(event.reason_codes),
+            comment=event.comment,
+        )
+        return _put(
+            state,
+            replace(
+                ann,
+                status=REJECTED,
+                reason_codes=tuple(event.reason_codes),
+                stage=-1,
+                reviewers=reviewers,
+                rejection=rejection,
+            ),
+        )
+    if isinstance(event, events_pb2.ReviewRouted):
+        ann = _known(state, event.annotation_id)
+        stage = event.stage_index if event.sampled else next_stage(state.pipeline, event.stage_index + 1)
+        return _put(state, replace(ann, stage=stage))
     if isinstance(event, events_pb2.AnnotationAccepted):
         ann = _known(state, event.annotation_id)
-        return _put(state, replace(ann, status=ACCEPTED))
+        return _put(state, replace(ann, status=ACCEPTED, stage=-1))
     if isinstance(event, events_pb2.TaskCompleted):
         return replace(state, completed=True)
     if isinstance(event, events_pb2.TaskReopened):
+        current = {k for k, a in state.annotations.items() if a.round == state.round and a.live}
         annotations = {
-            k: replace(a, status=SUPERSEDED) if a.round == state.round and a.live else a
+            k: replace(a, status=SUPERSEDED, stage=-1) if k in current else a
             for k, a in state.annotations.items()
         }
-        return replace(state, round=event.round, annotations=_frozen(annotations), completed=False)
+        disputes = {
+            k: replace(d, status=WITHDRAWN) if d.status == OPEN and d.annotation_id in current else d
+            for k, d in state.disputes.items()
+        }
+        return replace(
+            state,
+            round=event.round,
+            annotations=_frozen(annotations),
+            disputes=_frozen(disputes),
+            completed=False,
+        )
     if isinstance(event, events_pb2.AnnotationAbandoned):
         ann = _known(state, event.annotation_id)
-        return _put(state, replace(ann, status=ABANDONED))
+        return _put(state, replace(ann, status=ABANDONED, stage=-1))
+    if isinstance(event, events_pb2.DisputeOpened):
+        ann = _known(state, event.annotation_id)
+        dispute = DisputeState(
+            dispute_id=event.dispute_id,
+            annotation_id=event.annotation_id,
+            version=event.version,
+            stage_index=event.stage_index,
+            author_id=event.author_id,
+            reviewer_id=event.reviewer_id,
+            reason_codes=tuple(event.reason_codes),
+            status=OPEN,
+        )
+        if ann.rejection is not None:
+            ann = replace(ann, rejection=replace(ann.rejection, dispute_id=event.dispute_id))
+        return _put_dispute(_put(state, ann), dispute)
+    if isinstance(event, events_pb2.DisputeResolved):
+        known = state.disputes.get(event.dispute_id)
+        if known is None:
+            raise ValueError(f"event refers to unknown dispute {event.dispute_id} on task {state.task_id}")
+        overturned = event.decision == model_pb2.DISPUTE_DECISION_OVERTURN
+        state = _put_dispute(
+            state, replace(known, status=OVERTURNED if overturned else UPHELD, expert_id=event.expert_id)
+        )
+        if not overturned:
+            return state
+        ann = _known(state, event.annotation_id)
+        reviewers = ann.reviewers if event.expert_id in ann.reviewers else (*ann.reviewers, event.expert_id)
+        return _put(
+            state,
+            replace(
+                ann,
+                status=SUBMITTED,
+                reason_codes=(),
+                rejection=None,
+                stage=next_stage(state.pipeline, event.stage_index + 1),
+                reviewers=reviewers,
+            ),
+        )
     raise TypeError(f"not a task event: {type(event).__name__}")
+
+
+def _put_dispute(state: TaskState, dispute: DisputeState) -> TaskState:
+    disputes = dict(state.disputes)
+    disputes[dispute.dispute_id] = dispute
+    return replace(state, disputes=_frozen(disputes))
 
 
 def _without_lease(state: TaskState, lease_id: str) -> TaskState:

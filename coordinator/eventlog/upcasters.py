@@ -4,6 +4,11 @@ Events are never rewritten in the log; decoding applies `UPCASTERS[(type, versio
 until the event reaches `PAYLOAD_SCHEMA_VERSIONS[type]`. Add one function per meaning change,
 e.g. `UPCASTERS[("task_imported", 1)] = _task_imported_v1_to_v2`, and a test that replays a
 stored v1 event.
+
+None is registered yet. Review pipelines added fields whose absence keeps the old meaning: a
+`TaskImported` without `pipeline` follows the one-stage pipeline its `review_policy` stands
+for (`coordinator.domain.review.pipeline_of_import`) and a `ReviewRecorded` without `stage` is a
+verdict at the first stage, so logs written before pipelines replay unchanged.
 """
 
 from __future__ import annotations

@@ -7,11 +7,20 @@ from projections.views.directory import DirectoryView
 from projections.views.history import HistoryView
 from projections.views.metrics import MetricsView
 from projections.views.queue import QueueView
+from projections.views.review import ReviewView
 from projections.views.tasks import TasksView
 
-__all__ = ["DirectoryView", "HistoryView", "MetricsView", "QueueView", "TasksView", "default_views"]
+__all__ = [
+    "DirectoryView",
+    "HistoryView",
+    "MetricsView",
+    "QueueView",
+    "ReviewView",
+    "TasksView",
+    "default_views",
+]
 
 
 def default_views() -> list[View]:
     """Fresh instances of every view, in a fixed order."""
-    return [TasksView(), QueueView(), MetricsView(), HistoryView(), DirectoryView()]
+    return [TasksView(), QueueView(), MetricsView(), HistoryView(), DirectoryView(), ReviewView()]

@@ -8,7 +8,9 @@ Collections
   an edit that a ReviewRecorded CORRECT then names (same annotation and version) is re-marked
   "corrected" and gains `reviewer_id`.
 - "reviews"  pk=task_id, sk=f"{offset:020d}" →
-      {annotation_id, version, reviewer_id, verdict, reason_codes, comment, offset}
+      {annotation_id, version, reviewer_id, verdict, reason_codes, comment, offset, stage}
+  `stage` is the pipeline stage of the verdict ("" in logs written before pipelines).
+  Per-stage review state, disputes and feedback are in `projections.views.review`.
 - "accepted" pk=project_id, sk=f"{task_id}|{annotation_id}" → the latest accepted version:
       {task_id, annotation_id, version, author_id, accepted_by, label_schema_version,
        guideline_version, data_uri, annotation, offset, event_id, recorded_ms}
@@ -104,6 +106,7 @@ class HistoryView:
                     "reason_codes": list(r.reason_codes),
                     "comment": r.comment,
                     "offset": offset,
+                    "stage": r.stage,
                 },
             )
             if r.verdict == model_pb2.VERDICT_CORRECT:

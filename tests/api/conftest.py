@@ -24,6 +24,7 @@ class Stubs:
         self.admin = api_pb2_grpc.AdminServiceStub(channel)
         self.tasks = api_pb2_grpc.TaskServiceStub(channel)
         self.streams = api_pb2_grpc.LabelStreamServiceStub(channel)
+        self.reviews = api_pb2_grpc.ReviewServiceStub(channel)
 
     @property
     def md(self) -> tuple[tuple[str, str], ...]:

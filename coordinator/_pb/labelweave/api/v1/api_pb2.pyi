@@ -80,6 +80,91 @@ ANNOTATION_STATUS_ABANDONED: AnnotationStatus.ValueType  # 4
 ANNOTATION_STATUS_SUPERSEDED: AnnotationStatus.ValueType  # 5
 Global___AnnotationStatus: _TypeAlias = AnnotationStatus  # noqa: Y015
 
+class _DisputeStatus:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _DisputeStatusEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_DisputeStatus.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    DISPUTE_STATUS_UNSPECIFIED: _DisputeStatus.ValueType  # 0
+    DISPUTE_STATUS_OPEN: _DisputeStatus.ValueType  # 1
+    DISPUTE_STATUS_UPHELD: _DisputeStatus.ValueType  # 2
+    DISPUTE_STATUS_OVERTURNED: _DisputeStatus.ValueType  # 3
+    DISPUTE_STATUS_WITHDRAWN: _DisputeStatus.ValueType  # 4
+    """the task was reopened while the dispute was open"""
+
+class DisputeStatus(_DisputeStatus, metaclass=_DisputeStatusEnumTypeWrapper): ...
+
+DISPUTE_STATUS_UNSPECIFIED: DisputeStatus.ValueType  # 0
+DISPUTE_STATUS_OPEN: DisputeStatus.ValueType  # 1
+DISPUTE_STATUS_UPHELD: DisputeStatus.ValueType  # 2
+DISPUTE_STATUS_OVERTURNED: DisputeStatus.ValueType  # 3
+DISPUTE_STATUS_WITHDRAWN: DisputeStatus.ValueType  # 4
+"""the task was reopened while the dispute was open"""
+Global___DisputeStatus: _TypeAlias = DisputeStatus  # noqa: Y015
+
+class _StageState:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _StageStateEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_StageState.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    STAGE_STATE_UNSPECIFIED: _StageState.ValueType  # 0
+    STAGE_STATE_PENDING: _StageState.ValueType  # 1
+    """waiting for a verdict at this stage"""
+    STAGE_STATE_SKIPPED: _StageState.ValueType  # 2
+    """not sampled"""
+    STAGE_STATE_ACCEPTED: _StageState.ValueType  # 3
+    STAGE_STATE_REJECTED: _StageState.ValueType  # 4
+    STAGE_STATE_CORRECTED: _StageState.ValueType  # 5
+    """the reviewer's correction was accepted at this stage"""
+    STAGE_STATE_OVERTURNED: _StageState.ValueType  # 6
+    """rejected here, then overturned by an expert (counts as accepted)"""
+
+class StageState(_StageState, metaclass=_StageStateEnumTypeWrapper): ...
+
+STAGE_STATE_UNSPECIFIED: StageState.ValueType  # 0
+STAGE_STATE_PENDING: StageState.ValueType  # 1
+"""waiting for a verdict at this stage"""
+STAGE_STATE_SKIPPED: StageState.ValueType  # 2
+"""not sampled"""
+STAGE_STATE_ACCEPTED: StageState.ValueType  # 3
+STAGE_STATE_REJECTED: StageState.ValueType  # 4
+STAGE_STATE_CORRECTED: StageState.ValueType  # 5
+"""the reviewer's correction was accepted at this stage"""
+STAGE_STATE_OVERTURNED: StageState.ValueType  # 6
+"""rejected here, then overturned by an expert (counts as accepted)"""
+Global___StageState: _TypeAlias = StageState  # noqa: Y015
+
+class _FeedbackKind:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _FeedbackKindEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_FeedbackKind.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    FEEDBACK_KIND_UNSPECIFIED: _FeedbackKind.ValueType  # 0
+    FEEDBACK_KIND_REVIEW: _FeedbackKind.ValueType  # 1
+    """a verdict on your work at a stage (incl. QA results)"""
+    FEEDBACK_KIND_ACCEPTED: _FeedbackKind.ValueType  # 2
+    """your work passed the whole pipeline"""
+    FEEDBACK_KIND_DISPUTE_OPENED: _FeedbackKind.ValueType  # 3
+    """an author disputed your rejection"""
+    FEEDBACK_KIND_DISPUTE_RESOLVED: _FeedbackKind.ValueType  # 4
+    """an expert decided a dispute you are part of"""
+
+class FeedbackKind(_FeedbackKind, metaclass=_FeedbackKindEnumTypeWrapper): ...
+
+FEEDBACK_KIND_UNSPECIFIED: FeedbackKind.ValueType  # 0
+FEEDBACK_KIND_REVIEW: FeedbackKind.ValueType  # 1
+"""a verdict on your work at a stage (incl. QA results)"""
+FEEDBACK_KIND_ACCEPTED: FeedbackKind.ValueType  # 2
+"""your work passed the whole pipeline"""
+FEEDBACK_KIND_DISPUTE_OPENED: FeedbackKind.ValueType  # 3
+"""an author disputed your rejection"""
+FEEDBACK_KIND_DISPUTE_RESOLVED: FeedbackKind.ValueType  # 4
+"""an expert decided a dispute you are part of"""
+Global___FeedbackKind: _TypeAlias = FeedbackKind  # noqa: Y015
+
 @_typing.final
 class Project(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
@@ -557,11 +642,19 @@ class AnnotationSummary(_message.Message):
     STATUS_FIELD_NUMBER: _builtins.int
     ROUND_FIELD_NUMBER: _builtins.int
     REASON_CODES_FIELD_NUMBER: _builtins.int
+    STAGE_FIELD_NUMBER: _builtins.int
+    DISPUTE_ID_FIELD_NUMBER: _builtins.int
+    DISPUTE_STATUS_FIELD_NUMBER: _builtins.int
     annotation_id: _builtins.str
     author_id: _builtins.str
     version: _builtins.int
     status: Global___AnnotationStatus.ValueType
     round: _builtins.int
+    stage: _builtins.str
+    """submitted work: the pipeline stage it waits at"""
+    dispute_id: _builtins.str
+    """the annotation's latest dispute, if any"""
+    dispute_status: Global___DisputeStatus.ValueType
     @_builtins.property
     def reason_codes(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """of the last rejection"""
@@ -575,10 +668,13 @@ class AnnotationSummary(_message.Message):
         status: Global___AnnotationStatus.ValueType = ...,
         round: _builtins.int = ...,
         reason_codes: _abc.Iterable[_builtins.str] | None = ...,
+        stage: _builtins.str = ...,
+        dispute_id: _builtins.str = ...,
+        dispute_status: Global___DisputeStatus.ValueType = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["annotation_id", b"annotation_id", "author_id", b"author_id", "reason_codes", b"reason_codes", "round", b"round", "status", b"status", "version", b"version"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["annotation_id", b"annotation_id", "author_id", b"author_id", "dispute_id", b"dispute_id", "dispute_status", b"dispute_status", "reason_codes", b"reason_codes", "round", b"round", "stage", b"stage", "status", b"status", "version", b"version"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -899,6 +995,7 @@ class ReviewRequest(_message.Message):
     REASON_CODES_FIELD_NUMBER: _builtins.int
     COMMENT_FIELD_NUMBER: _builtins.int
     CORRECTION_FIELD_NUMBER: _builtins.int
+    STAGE_FIELD_NUMBER: _builtins.int
     command_id: _builtins.str
     task_id: _builtins.str
     annotation_id: _builtins.str
@@ -906,6 +1003,8 @@ class ReviewRequest(_message.Message):
     """the version the reviewer looked at"""
     verdict: _model_pb2.Verdict.ValueType
     comment: _builtins.str
+    stage: _builtins.str
+    """optional: the stage the reviewer means; refused if the work is elsewhere"""
     @_builtins.property
     def reason_codes(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
     @_builtins.property
@@ -923,10 +1022,11 @@ class ReviewRequest(_message.Message):
         reason_codes: _abc.Iterable[_builtins.str] | None = ...,
         comment: _builtins.str = ...,
         correction: _annotation_pb2.Annotation | None = ...,
+        stage: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["correction", b"correction"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["annotation_id", b"annotation_id", "command_id", b"command_id", "comment", b"comment", "correction", b"correction", "reason_codes", b"reason_codes", "task_id", b"task_id", "verdict", b"verdict", "version", b"version"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["annotation_id", b"annotation_id", "command_id", b"command_id", "comment", b"comment", "correction", b"correction", "reason_codes", b"reason_codes", "stage", b"stage", "task_id", b"task_id", "verdict", b"verdict", "version", b"version"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -939,19 +1039,30 @@ class ReviewResponse(_message.Message):
     TASK_STATUS_FIELD_NUMBER: _builtins.int
     VERSION_FIELD_NUMBER: _builtins.int
     POSITION_FIELD_NUMBER: _builtins.int
+    STAGE_FIELD_NUMBER: _builtins.int
+    NEXT_STAGE_FIELD_NUMBER: _builtins.int
+    ANNOTATION_STATUS_FIELD_NUMBER: _builtins.int
     task_status: Global___TaskStatus.ValueType
     version: _builtins.int
     position: _builtins.str
+    stage: _builtins.str
+    """the stage the verdict was recorded at"""
+    next_stage: _builtins.str
+    """where the work waits now ("" if accepted or returned)"""
+    annotation_status: Global___AnnotationStatus.ValueType
     def __init__(
         self,
         *,
         task_status: Global___TaskStatus.ValueType = ...,
         version: _builtins.int = ...,
         position: _builtins.str = ...,
+        stage: _builtins.str = ...,
+        next_stage: _builtins.str = ...,
+        annotation_status: Global___AnnotationStatus.ValueType = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["position", b"position", "task_status", b"task_status", "version", b"version"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["annotation_status", b"annotation_status", "next_stage", b"next_stage", "position", b"position", "stage", b"stage", "task_status", b"task_status", "version", b"version"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -1213,6 +1324,561 @@ class GetMetricsResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___GetMetricsResponse: _TypeAlias = GetMetricsResponse  # noqa: Y015
+
+@_typing.final
+class ListReviewQueueRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PROJECT_ID_FIELD_NUMBER: _builtins.int
+    STAGE_FIELD_NUMBER: _builtins.int
+    LIMIT_FIELD_NUMBER: _builtins.int
+    PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    project_id: _builtins.str
+    stage: _builtins.str
+    """stage name; empty: the first stage of the project's pipeline"""
+    limit: _builtins.int
+    """0 → 50, at most 500"""
+    page_token: _builtins.str
+    def __init__(
+        self,
+        *,
+        project_id: _builtins.str = ...,
+        stage: _builtins.str = ...,
+        limit: _builtins.int = ...,
+        page_token: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["limit", b"limit", "page_token", b"page_token", "project_id", b"project_id", "stage", b"stage"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListReviewQueueRequest: _TypeAlias = ListReviewQueueRequest  # noqa: Y015
+
+@_typing.final
+class ReviewQueueItem(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TASK_ID_FIELD_NUMBER: _builtins.int
+    ANNOTATION_ID_FIELD_NUMBER: _builtins.int
+    VERSION_FIELD_NUMBER: _builtins.int
+    AUTHOR_ID_FIELD_NUMBER: _builtins.int
+    STAGE_FIELD_NUMBER: _builtins.int
+    ENTERED_AT_FIELD_NUMBER: _builtins.int
+    RATE_FIELD_NUMBER: _builtins.int
+    task_id: _builtins.str
+    annotation_id: _builtins.str
+    version: _builtins.int
+    author_id: _builtins.str
+    stage: _builtins.str
+    rate: _builtins.float
+    """the sampling rate that sent it here"""
+    @_builtins.property
+    def entered_at(self) -> _timestamp_pb2.Timestamp: ...
+    def __init__(
+        self,
+        *,
+        task_id: _builtins.str = ...,
+        annotation_id: _builtins.str = ...,
+        version: _builtins.int = ...,
+        author_id: _builtins.str = ...,
+        stage: _builtins.str = ...,
+        entered_at: _timestamp_pb2.Timestamp | None = ...,
+        rate: _builtins.float = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["entered_at", b"entered_at"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["annotation_id", b"annotation_id", "author_id", b"author_id", "entered_at", b"entered_at", "rate", b"rate", "stage", b"stage", "task_id", b"task_id", "version", b"version"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ReviewQueueItem: _TypeAlias = ReviewQueueItem  # noqa: Y015
+
+@_typing.final
+class ListReviewQueueResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ITEMS_FIELD_NUMBER: _builtins.int
+    NEXT_PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    DEPTH_FIELD_NUMBER: _builtins.int
+    STAGE_FIELD_NUMBER: _builtins.int
+    next_page_token: _builtins.str
+    depth: _builtins.int
+    """everything waiting at this stage"""
+    stage: _builtins.str
+    @_builtins.property
+    def items(self) -> _containers.RepeatedCompositeFieldContainer[Global___ReviewQueueItem]: ...
+    def __init__(
+        self,
+        *,
+        items: _abc.Iterable[Global___ReviewQueueItem] | None = ...,
+        next_page_token: _builtins.str = ...,
+        depth: _builtins.int = ...,
+        stage: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["depth", b"depth", "items", b"items", "next_page_token", b"next_page_token", "stage", b"stage"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListReviewQueueResponse: _TypeAlias = ListReviewQueueResponse  # noqa: Y015
+
+@_typing.final
+class GetReviewStateRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TASK_ID_FIELD_NUMBER: _builtins.int
+    task_id: _builtins.str
+    def __init__(
+        self,
+        *,
+        task_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["task_id", b"task_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetReviewStateRequest: _TypeAlias = GetReviewStateRequest  # noqa: Y015
+
+@_typing.final
+class StageRecord(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    STAGE_FIELD_NUMBER: _builtins.int
+    STATE_FIELD_NUMBER: _builtins.int
+    VERSION_FIELD_NUMBER: _builtins.int
+    REVIEWER_ID_FIELD_NUMBER: _builtins.int
+    REASON_CODES_FIELD_NUMBER: _builtins.int
+    COMMENT_FIELD_NUMBER: _builtins.int
+    SAMPLED_FIELD_NUMBER: _builtins.int
+    RATE_FIELD_NUMBER: _builtins.int
+    SAMPLE_POINT_FIELD_NUMBER: _builtins.int
+    AT_FIELD_NUMBER: _builtins.int
+    stage: _builtins.str
+    state: Global___StageState.ValueType
+    version: _builtins.int
+    reviewer_id: _builtins.str
+    comment: _builtins.str
+    sampled: _builtins.bool
+    rate: _builtins.float
+    sample_point: _builtins.float
+    @_builtins.property
+    def reason_codes(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
+    @_builtins.property
+    def at(self) -> _timestamp_pb2.Timestamp: ...
+    def __init__(
+        self,
+        *,
+        stage: _builtins.str = ...,
+        state: Global___StageState.ValueType = ...,
+        version: _builtins.int = ...,
+        reviewer_id: _builtins.str = ...,
+        reason_codes: _abc.Iterable[_builtins.str] | None = ...,
+        comment: _builtins.str = ...,
+        sampled: _builtins.bool = ...,
+        rate: _builtins.float = ...,
+        sample_point: _builtins.float = ...,
+        at: _timestamp_pb2.Timestamp | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["at", b"at"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["at", b"at", "comment", b"comment", "rate", b"rate", "reason_codes", b"reason_codes", "reviewer_id", b"reviewer_id", "sample_point", b"sample_point", "sampled", b"sampled", "stage", b"stage", "state", b"state", "version", b"version"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___StageRecord: _TypeAlias = StageRecord  # noqa: Y015
+
+@_typing.final
+class AnnotationReview(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ANNOTATION_ID_FIELD_NUMBER: _builtins.int
+    AUTHOR_ID_FIELD_NUMBER: _builtins.int
+    VERSION_FIELD_NUMBER: _builtins.int
+    STATUS_FIELD_NUMBER: _builtins.int
+    PENDING_STAGE_FIELD_NUMBER: _builtins.int
+    STAGES_FIELD_NUMBER: _builtins.int
+    DISPUTES_FIELD_NUMBER: _builtins.int
+    annotation_id: _builtins.str
+    author_id: _builtins.str
+    version: _builtins.int
+    status: Global___AnnotationStatus.ValueType
+    pending_stage: _builtins.str
+    @_builtins.property
+    def stages(self) -> _containers.RepeatedCompositeFieldContainer[Global___StageRecord]:
+        """latest record per stage, in pipeline order"""
+
+    @_builtins.property
+    def disputes(self) -> _containers.RepeatedCompositeFieldContainer[Global___Dispute]: ...
+    def __init__(
+        self,
+        *,
+        annotation_id: _builtins.str = ...,
+        author_id: _builtins.str = ...,
+        version: _builtins.int = ...,
+        status: Global___AnnotationStatus.ValueType = ...,
+        pending_stage: _builtins.str = ...,
+        stages: _abc.Iterable[Global___StageRecord] | None = ...,
+        disputes: _abc.Iterable[Global___Dispute] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["annotation_id", b"annotation_id", "author_id", b"author_id", "disputes", b"disputes", "pending_stage", b"pending_stage", "stages", b"stages", "status", b"status", "version", b"version"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___AnnotationReview: _TypeAlias = AnnotationReview  # noqa: Y015
+
+@_typing.final
+class ReviewState(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TASK_ID_FIELD_NUMBER: _builtins.int
+    PROJECT_ID_FIELD_NUMBER: _builtins.int
+    STAGES_FIELD_NUMBER: _builtins.int
+    ANNOTATIONS_FIELD_NUMBER: _builtins.int
+    task_id: _builtins.str
+    project_id: _builtins.str
+    @_builtins.property
+    def stages(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """the task's pipeline, in order"""
+
+    @_builtins.property
+    def annotations(self) -> _containers.RepeatedCompositeFieldContainer[Global___AnnotationReview]: ...
+    def __init__(
+        self,
+        *,
+        task_id: _builtins.str = ...,
+        project_id: _builtins.str = ...,
+        stages: _abc.Iterable[_builtins.str] | None = ...,
+        annotations: _abc.Iterable[Global___AnnotationReview] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["annotations", b"annotations", "project_id", b"project_id", "stages", b"stages", "task_id", b"task_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ReviewState: _TypeAlias = ReviewState  # noqa: Y015
+
+@_typing.final
+class OpenDisputeRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    COMMAND_ID_FIELD_NUMBER: _builtins.int
+    TASK_ID_FIELD_NUMBER: _builtins.int
+    ANNOTATION_ID_FIELD_NUMBER: _builtins.int
+    COMMENT_FIELD_NUMBER: _builtins.int
+    command_id: _builtins.str
+    task_id: _builtins.str
+    annotation_id: _builtins.str
+    comment: _builtins.str
+    """required: why the rejection is wrong"""
+    def __init__(
+        self,
+        *,
+        command_id: _builtins.str = ...,
+        task_id: _builtins.str = ...,
+        annotation_id: _builtins.str = ...,
+        comment: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["annotation_id", b"annotation_id", "command_id", b"command_id", "comment", b"comment", "task_id", b"task_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___OpenDisputeRequest: _TypeAlias = OpenDisputeRequest  # noqa: Y015
+
+@_typing.final
+class ResolveDisputeRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    COMMAND_ID_FIELD_NUMBER: _builtins.int
+    TASK_ID_FIELD_NUMBER: _builtins.int
+    DISPUTE_ID_FIELD_NUMBER: _builtins.int
+    DECISION_FIELD_NUMBER: _builtins.int
+    COMMENT_FIELD_NUMBER: _builtins.int
+    command_id: _builtins.str
+    task_id: _builtins.str
+    dispute_id: _builtins.str
+    decision: _model_pb2.DisputeDecision.ValueType
+    comment: _builtins.str
+    def __init__(
+        self,
+        *,
+        command_id: _builtins.str = ...,
+        task_id: _builtins.str = ...,
+        dispute_id: _builtins.str = ...,
+        decision: _model_pb2.DisputeDecision.ValueType = ...,
+        comment: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["command_id", b"command_id", "comment", b"comment", "decision", b"decision", "dispute_id", b"dispute_id", "task_id", b"task_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ResolveDisputeRequest: _TypeAlias = ResolveDisputeRequest  # noqa: Y015
+
+@_typing.final
+class Dispute(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    DISPUTE_ID_FIELD_NUMBER: _builtins.int
+    TASK_ID_FIELD_NUMBER: _builtins.int
+    PROJECT_ID_FIELD_NUMBER: _builtins.int
+    ANNOTATION_ID_FIELD_NUMBER: _builtins.int
+    VERSION_FIELD_NUMBER: _builtins.int
+    AUTHOR_ID_FIELD_NUMBER: _builtins.int
+    STAGE_FIELD_NUMBER: _builtins.int
+    REVIEWER_ID_FIELD_NUMBER: _builtins.int
+    REASON_CODES_FIELD_NUMBER: _builtins.int
+    REJECTION_COMMENT_FIELD_NUMBER: _builtins.int
+    COMMENT_FIELD_NUMBER: _builtins.int
+    STATUS_FIELD_NUMBER: _builtins.int
+    EXPERT_ID_FIELD_NUMBER: _builtins.int
+    RESOLUTION_COMMENT_FIELD_NUMBER: _builtins.int
+    OPENED_AT_FIELD_NUMBER: _builtins.int
+    RESOLVED_AT_FIELD_NUMBER: _builtins.int
+    POSITION_FIELD_NUMBER: _builtins.int
+    NEXT_STAGE_FIELD_NUMBER: _builtins.int
+    dispute_id: _builtins.str
+    task_id: _builtins.str
+    project_id: _builtins.str
+    annotation_id: _builtins.str
+    version: _builtins.int
+    author_id: _builtins.str
+    stage: _builtins.str
+    reviewer_id: _builtins.str
+    rejection_comment: _builtins.str
+    comment: _builtins.str
+    """the author's"""
+    status: Global___DisputeStatus.ValueType
+    expert_id: _builtins.str
+    resolution_comment: _builtins.str
+    position: _builtins.str
+    """log position of the latest change"""
+    next_stage: _builtins.str
+    """overturned: where the work waits now ("" if accepted)"""
+    @_builtins.property
+    def reason_codes(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
+    @_builtins.property
+    def opened_at(self) -> _timestamp_pb2.Timestamp: ...
+    @_builtins.property
+    def resolved_at(self) -> _timestamp_pb2.Timestamp: ...
+    def __init__(
+        self,
+        *,
+        dispute_id: _builtins.str = ...,
+        task_id: _builtins.str = ...,
+        project_id: _builtins.str = ...,
+        annotation_id: _builtins.str = ...,
+        version: _builtins.int = ...,
+        author_id: _builtins.str = ...,
+        stage: _builtins.str = ...,
+        reviewer_id: _builtins.str = ...,
+        reason_codes: _abc.Iterable[_builtins.str] | None = ...,
+        rejection_comment: _builtins.str = ...,
+        comment: _builtins.str = ...,
+        status: Global___DisputeStatus.ValueType = ...,
+        expert_id: _builtins.str = ...,
+        resolution_comment: _builtins.str = ...,
+        opened_at: _timestamp_pb2.Timestamp | None = ...,
+        resolved_at: _timestamp_pb2.Timestamp | None = ...,
+        position: _builtins.str = ...,
+        next_stage: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["opened_at", b"opened_at", "resolved_at", b"resolved_at"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["annotation_id", b"annotation_id", "author_id", b"author_id", "comment", b"comment", "dispute_id", b"dispute_id", "expert_id", b"expert_id", "next_stage", b"next_stage", "opened_at", b"opened_at", "position", b"position", "project_id", b"project_id", "reason_codes", b"reason_codes", "rejection_comment", b"rejection_comment", "resolution_comment", b"resolution_comment", "resolved_at", b"resolved_at", "reviewer_id", b"reviewer_id", "stage", b"stage", "status", b"status", "task_id", b"task_id", "version", b"version"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Dispute: _TypeAlias = Dispute  # noqa: Y015
+
+@_typing.final
+class ListDisputesRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PROJECT_ID_FIELD_NUMBER: _builtins.int
+    STATUS_FIELD_NUMBER: _builtins.int
+    LIMIT_FIELD_NUMBER: _builtins.int
+    PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    project_id: _builtins.str
+    status: Global___DisputeStatus.ValueType
+    """OPEN (default) or any resolved status (all resolved ones)"""
+    limit: _builtins.int
+    page_token: _builtins.str
+    def __init__(
+        self,
+        *,
+        project_id: _builtins.str = ...,
+        status: Global___DisputeStatus.ValueType = ...,
+        limit: _builtins.int = ...,
+        page_token: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["limit", b"limit", "page_token", b"page_token", "project_id", b"project_id", "status", b"status"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListDisputesRequest: _TypeAlias = ListDisputesRequest  # noqa: Y015
+
+@_typing.final
+class ListDisputesResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    DISPUTES_FIELD_NUMBER: _builtins.int
+    NEXT_PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    next_page_token: _builtins.str
+    @_builtins.property
+    def disputes(self) -> _containers.RepeatedCompositeFieldContainer[Global___Dispute]: ...
+    def __init__(
+        self,
+        *,
+        disputes: _abc.Iterable[Global___Dispute] | None = ...,
+        next_page_token: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["disputes", b"disputes", "next_page_token", b"next_page_token"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListDisputesResponse: _TypeAlias = ListDisputesResponse  # noqa: Y015
+
+@_typing.final
+class FeedbackItem(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CURSOR_FIELD_NUMBER: _builtins.int
+    KIND_FIELD_NUMBER: _builtins.int
+    PROJECT_ID_FIELD_NUMBER: _builtins.int
+    TASK_ID_FIELD_NUMBER: _builtins.int
+    ANNOTATION_ID_FIELD_NUMBER: _builtins.int
+    VERSION_FIELD_NUMBER: _builtins.int
+    STAGE_FIELD_NUMBER: _builtins.int
+    FROM_PERSON_ID_FIELD_NUMBER: _builtins.int
+    VERDICT_FIELD_NUMBER: _builtins.int
+    REASON_CODES_FIELD_NUMBER: _builtins.int
+    REASONS_FIELD_NUMBER: _builtins.int
+    COMMENT_FIELD_NUMBER: _builtins.int
+    DISPUTE_ID_FIELD_NUMBER: _builtins.int
+    DECISION_FIELD_NUMBER: _builtins.int
+    AT_FIELD_NUMBER: _builtins.int
+    POSITION_FIELD_NUMBER: _builtins.int
+    EVENT_ID_FIELD_NUMBER: _builtins.int
+    cursor: _builtins.str
+    kind: Global___FeedbackKind.ValueType
+    project_id: _builtins.str
+    task_id: _builtins.str
+    annotation_id: _builtins.str
+    version: _builtins.int
+    stage: _builtins.str
+    from_person_id: _builtins.str
+    """reviewer, expert, or the disputing author"""
+    verdict: _model_pb2.Verdict.ValueType
+    comment: _builtins.str
+    dispute_id: _builtins.str
+    decision: _model_pb2.DisputeDecision.ValueType
+    position: _builtins.str
+    event_id: _builtins.str
+    @_builtins.property
+    def reason_codes(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
+    @_builtins.property
+    def reasons(self) -> _containers.RepeatedCompositeFieldContainer[_model_pb2.ReasonCode]:
+        """the codes with their descriptions"""
+
+    @_builtins.property
+    def at(self) -> _timestamp_pb2.Timestamp: ...
+    def __init__(
+        self,
+        *,
+        cursor: _builtins.str = ...,
+        kind: Global___FeedbackKind.ValueType = ...,
+        project_id: _builtins.str = ...,
+        task_id: _builtins.str = ...,
+        annotation_id: _builtins.str = ...,
+        version: _builtins.int = ...,
+        stage: _builtins.str = ...,
+        from_person_id: _builtins.str = ...,
+        verdict: _model_pb2.Verdict.ValueType = ...,
+        reason_codes: _abc.Iterable[_builtins.str] | None = ...,
+        reasons: _abc.Iterable[_model_pb2.ReasonCode] | None = ...,
+        comment: _builtins.str = ...,
+        dispute_id: _builtins.str = ...,
+        decision: _model_pb2.DisputeDecision.ValueType = ...,
+        at: _timestamp_pb2.Timestamp | None = ...,
+        position: _builtins.str = ...,
+        event_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["at", b"at"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["annotation_id", b"annotation_id", "at", b"at", "comment", b"comment", "cursor", b"cursor", "decision", b"decision", "dispute_id", b"dispute_id", "event_id", b"event_id", "from_person_id", b"from_person_id", "kind", b"kind", "position", b"position", "project_id", b"project_id", "reason_codes", b"reason_codes", "reasons", b"reasons", "stage", b"stage", "task_id", b"task_id", "verdict", b"verdict", "version", b"version"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___FeedbackItem: _TypeAlias = FeedbackItem  # noqa: Y015
+
+@_typing.final
+class ListFeedbackRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PERSON_ID_FIELD_NUMBER: _builtins.int
+    PROJECT_ID_FIELD_NUMBER: _builtins.int
+    LIMIT_FIELD_NUMBER: _builtins.int
+    PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    person_id: _builtins.str
+    """empty: the caller"""
+    project_id: _builtins.str
+    """optional filter"""
+    limit: _builtins.int
+    """0 → 50, at most 500"""
+    page_token: _builtins.str
+    """the cursor of the last item received"""
+    def __init__(
+        self,
+        *,
+        person_id: _builtins.str = ...,
+        project_id: _builtins.str = ...,
+        limit: _builtins.int = ...,
+        page_token: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["limit", b"limit", "page_token", b"page_token", "person_id", b"person_id", "project_id", b"project_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListFeedbackRequest: _TypeAlias = ListFeedbackRequest  # noqa: Y015
+
+@_typing.final
+class ListFeedbackResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ITEMS_FIELD_NUMBER: _builtins.int
+    NEXT_PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    next_page_token: _builtins.str
+    @_builtins.property
+    def items(self) -> _containers.RepeatedCompositeFieldContainer[Global___FeedbackItem]: ...
+    def __init__(
+        self,
+        *,
+        items: _abc.Iterable[Global___FeedbackItem] | None = ...,
+        next_page_token: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["items", b"items", "next_page_token", b"next_page_token"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListFeedbackResponse: _TypeAlias = ListFeedbackResponse  # noqa: Y015
 
 @_typing.final
 class SubscribeLabelsRequest(_message.Message):

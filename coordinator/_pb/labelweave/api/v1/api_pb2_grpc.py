@@ -1214,6 +1214,313 @@ class TaskService:
             _registered_method=True)
 
 
+class ReviewServiceStub:
+    """---------------------------------------------------------------- review pipeline
+
+    Layered review (docs/review-pipeline.md). Verdicts go through TaskService.Review; this service
+    lists the work waiting at each stage, carries disputes to experts, and serves feedback.
+    """
+
+    def __init__(self, channel):
+        """Constructor.
+
+        Args:
+            channel: A grpc.Channel.
+        """
+        self.ListReviewQueue = channel.unary_unary(
+                '/labelweave.api.v1.ReviewService/ListReviewQueue',
+                request_serializer=labelweave_dot_api_dot_v1_dot_api__pb2.ListReviewQueueRequest.SerializeToString,
+                response_deserializer=labelweave_dot_api_dot_v1_dot_api__pb2.ListReviewQueueResponse.FromString,
+                _registered_method=True)
+        self.GetReviewState = channel.unary_unary(
+                '/labelweave.api.v1.ReviewService/GetReviewState',
+                request_serializer=labelweave_dot_api_dot_v1_dot_api__pb2.GetReviewStateRequest.SerializeToString,
+                response_deserializer=labelweave_dot_api_dot_v1_dot_api__pb2.ReviewState.FromString,
+                _registered_method=True)
+        self.OpenDispute = channel.unary_unary(
+                '/labelweave.api.v1.ReviewService/OpenDispute',
+                request_serializer=labelweave_dot_api_dot_v1_dot_api__pb2.OpenDisputeRequest.SerializeToString,
+                response_deserializer=labelweave_dot_api_dot_v1_dot_api__pb2.Dispute.FromString,
+                _registered_method=True)
+        self.ResolveDispute = channel.unary_unary(
+                '/labelweave.api.v1.ReviewService/ResolveDispute',
+                request_serializer=labelweave_dot_api_dot_v1_dot_api__pb2.ResolveDisputeRequest.SerializeToString,
+                response_deserializer=labelweave_dot_api_dot_v1_dot_api__pb2.Dispute.FromString,
+                _registered_method=True)
+        self.ListDisputes = channel.unary_unary(
+                '/labelweave.api.v1.ReviewService/ListDisputes',
+                request_serializer=labelweave_dot_api_dot_v1_dot_api__pb2.ListDisputesRequest.SerializeToString,
+                response_deserializer=labelweave_dot_api_dot_v1_dot_api__pb2.ListDisputesResponse.FromString,
+                _registered_method=True)
+        self.ListFeedback = channel.unary_unary(
+                '/labelweave.api.v1.ReviewService/ListFeedback',
+                request_serializer=labelweave_dot_api_dot_v1_dot_api__pb2.ListFeedbackRequest.SerializeToString,
+                response_deserializer=labelweave_dot_api_dot_v1_dot_api__pb2.ListFeedbackResponse.FromString,
+                _registered_method=True)
+
+
+class ReviewServiceServicer:
+    """---------------------------------------------------------------- review pipeline
+
+    Layered review (docs/review-pipeline.md). Verdicts go through TaskService.Review; this service
+    lists the work waiting at each stage, carries disputes to experts, and serves feedback.
+    """
+
+    def ListReviewQueue(self, request, context):
+        """Work waiting at one stage of a project's pipeline, oldest first (the stage's reviewers and
+        managers). The response carries the stage's depth.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetReviewState(self, request, context):
+        """Per-stage review state of a task's annotations (annotators: their own only).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def OpenDispute(self, request, context):
+        """The author disputes a rejection (once per rejection); the project's experts decide.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ResolveDispute(self, request, context):
+        """An expert upholds or overturns a disputed rejection; final.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListDisputes(self, request, context):
+        """Disputes of a project, open ones oldest first or resolved ones newest first.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListFeedback(self, request, context):
+        """A person's feedback, newest first: verdicts on their work (reason codes, comments), QA
+        results, final acceptances, dispute outcomes. Annotators read their own; managers anyone's.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+
+def add_ReviewServiceServicer_to_server(servicer, server):
+    rpc_method_handlers = {
+            'ListReviewQueue': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListReviewQueue,
+                    request_deserializer=labelweave_dot_api_dot_v1_dot_api__pb2.ListReviewQueueRequest.FromString,
+                    response_serializer=labelweave_dot_api_dot_v1_dot_api__pb2.ListReviewQueueResponse.SerializeToString,
+            ),
+            'GetReviewState': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetReviewState,
+                    request_deserializer=labelweave_dot_api_dot_v1_dot_api__pb2.GetReviewStateRequest.FromString,
+                    response_serializer=labelweave_dot_api_dot_v1_dot_api__pb2.ReviewState.SerializeToString,
+            ),
+            'OpenDispute': grpc.unary_unary_rpc_method_handler(
+                    servicer.OpenDispute,
+                    request_deserializer=labelweave_dot_api_dot_v1_dot_api__pb2.OpenDisputeRequest.FromString,
+                    response_serializer=labelweave_dot_api_dot_v1_dot_api__pb2.Dispute.SerializeToString,
+            ),
+            'ResolveDispute': grpc.unary_unary_rpc_method_handler(
+                    servicer.ResolveDispute,
+                    request_deserializer=labelweave_dot_api_dot_v1_dot_api__pb2.ResolveDisputeRequest.FromString,
+                    response_serializer=labelweave_dot_api_dot_v1_dot_api__pb2.Dispute.SerializeToString,
+            ),
+            'ListDisputes': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListDisputes,
+                    request_deserializer=labelweave_dot_api_dot_v1_dot_api__pb2.ListDisputesRequest.FromString,
+                    response_serializer=labelweave_dot_api_dot_v1_dot_api__pb2.ListDisputesResponse.SerializeToString,
+            ),
+            'ListFeedback': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListFeedback,
+                    request_deserializer=labelweave_dot_api_dot_v1_dot_api__pb2.ListFeedbackRequest.FromString,
+                    response_serializer=labelweave_dot_api_dot_v1_dot_api__pb2.ListFeedbackResponse.SerializeToString,
+            ),
+    }
+    generic_handler = grpc.method_handlers_generic_handler(
+            'labelweave.api.v1.ReviewService', rpc_method_handlers)
+    server.add_generic_rpc_handlers((generic_handler,))
+    server.add_registered_method_handlers('labelweave.api.v1.ReviewService', rpc_method_handlers)
+
+
+ # This class is part of an EXPERIMENTAL API.
+class ReviewService:
+    """---------------------------------------------------------------- review pipeline
+
+    Layered review (docs/review-pipeline.md). Verdicts go through TaskService.Review; this service
+    lists the work waiting at each stage, carries disputes to experts, and serves feedback.
+    """
+
+    @staticmethod
+    def ListReviewQueue(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/labelweave.api.v1.ReviewService/ListReviewQueue',
+            labelweave_dot_api_dot_v1_dot_api__pb2.ListReviewQueueRequest.SerializeToString,
+            labelweave_dot_api_dot_v1_dot_api__pb2.ListReviewQueueResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetReviewState(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/labelweave.api.v1.ReviewService/GetReviewState',
+            labelweave_dot_api_dot_v1_dot_api__pb2.GetReviewStateRequest.SerializeToString,
+            labelweave_dot_api_dot_v1_dot_api__pb2.ReviewState.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def OpenDispute(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/labelweave.api.v1.ReviewService/OpenDispute',
+            labelweave_dot_api_dot_v1_dot_api__pb2.OpenDisputeRequest.SerializeToString,
+            labelweave_dot_api_dot_v1_dot_api__pb2.Dispute.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ResolveDispute(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/labelweave.api.v1.ReviewService/ResolveDispute',
+            labelweave_dot_api_dot_v1_dot_api__pb2.ResolveDisputeRequest.SerializeToString,
+            labelweave_dot_api_dot_v1_dot_api__pb2.Dispute.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListDisputes(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/labelweave.api.v1.ReviewService/ListDisputes',
+            labelweave_dot_api_dot_v1_dot_api__pb2.ListDisputesRequest.SerializeToString,
+            labelweave_dot_api_dot_v1_dot_api__pb2.ListDisputesResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListFeedback(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/labelweave.api.v1.ReviewService/ListFeedback',
+            labelweave_dot_api_dot_v1_dot_api__pb2.ListFeedbackRequest.SerializeToString,
+            labelweave_dot_api_dot_v1_dot_api__pb2.ListFeedbackResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+
 class LabelStreamServiceStub:
     """---------------------------------------------------------------- streams
 

@@ -303,6 +303,121 @@ class TaskServiceServicer(metaclass=_abc_1.ABCMeta):
 
 def add_TaskServiceServicer_to_server(servicer: TaskServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
 
+class ReviewServiceStub:
+    """---------------------------------------------------------------- review pipeline
+
+    Layered review (docs/review-pipeline.md). Verdicts go through TaskService.Review; this service
+    lists the work waiting at each stage, carries disputes to experts, and serves feedback.
+    """
+
+    @_typing.overload
+    def __new__(cls, channel: _grpc.Channel) -> _Self: ...
+    @_typing.overload
+    def __new__(cls, channel: _aio.Channel) -> ReviewServiceAsyncStub: ...
+    ListReviewQueue: _grpc.UnaryUnaryMultiCallable[_api_pb2.ListReviewQueueRequest, _api_pb2.ListReviewQueueResponse]
+    """Work waiting at one stage of a project's pipeline, oldest first (the stage's reviewers and
+    managers). The response carries the stage's depth.
+    """
+    GetReviewState: _grpc.UnaryUnaryMultiCallable[_api_pb2.GetReviewStateRequest, _api_pb2.ReviewState]
+    """Per-stage review state of a task's annotations (annotators: their own only)."""
+    OpenDispute: _grpc.UnaryUnaryMultiCallable[_api_pb2.OpenDisputeRequest, _api_pb2.Dispute]
+    """The author disputes a rejection (once per rejection); the project's experts decide."""
+    ResolveDispute: _grpc.UnaryUnaryMultiCallable[_api_pb2.ResolveDisputeRequest, _api_pb2.Dispute]
+    """An expert upholds or overturns a disputed rejection; final."""
+    ListDisputes: _grpc.UnaryUnaryMultiCallable[_api_pb2.ListDisputesRequest, _api_pb2.ListDisputesResponse]
+    """Disputes of a project, open ones oldest first or resolved ones newest first."""
+    ListFeedback: _grpc.UnaryUnaryMultiCallable[_api_pb2.ListFeedbackRequest, _api_pb2.ListFeedbackResponse]
+    """A person's feedback, newest first: verdicts on their work (reason codes, comments), QA
+    results, final acceptances, dispute outcomes. Annotators read their own; managers anyone's.
+    """
+
+@_typing.type_check_only
+class ReviewServiceAsyncStub(ReviewServiceStub):
+    """---------------------------------------------------------------- review pipeline
+
+    Layered review (docs/review-pipeline.md). Verdicts go through TaskService.Review; this service
+    lists the work waiting at each stage, carries disputes to experts, and serves feedback.
+    """
+
+    def __init__(self, channel: _aio.Channel) -> None: ...
+    ListReviewQueue: _aio.UnaryUnaryMultiCallable[_api_pb2.ListReviewQueueRequest, _api_pb2.ListReviewQueueResponse]  # type: ignore[assignment]
+    """Work waiting at one stage of a project's pipeline, oldest first (the stage's reviewers and
+    managers). The response carries the stage's depth.
+    """
+    GetReviewState: _aio.UnaryUnaryMultiCallable[_api_pb2.GetReviewStateRequest, _api_pb2.ReviewState]  # type: ignore[assignment]
+    """Per-stage review state of a task's annotations (annotators: their own only)."""
+    OpenDispute: _aio.UnaryUnaryMultiCallable[_api_pb2.OpenDisputeRequest, _api_pb2.Dispute]  # type: ignore[assignment]
+    """The author disputes a rejection (once per rejection); the project's experts decide."""
+    ResolveDispute: _aio.UnaryUnaryMultiCallable[_api_pb2.ResolveDisputeRequest, _api_pb2.Dispute]  # type: ignore[assignment]
+    """An expert upholds or overturns a disputed rejection; final."""
+    ListDisputes: _aio.UnaryUnaryMultiCallable[_api_pb2.ListDisputesRequest, _api_pb2.ListDisputesResponse]  # type: ignore[assignment]
+    """Disputes of a project, open ones oldest first or resolved ones newest first."""
+    ListFeedback: _aio.UnaryUnaryMultiCallable[_api_pb2.ListFeedbackRequest, _api_pb2.ListFeedbackResponse]  # type: ignore[assignment]
+    """A person's feedback, newest first: verdicts on their work (reason codes, comments), QA
+    results, final acceptances, dispute outcomes. Annotators read their own; managers anyone's.
+    """
+
+class ReviewServiceServicer(metaclass=_abc_1.ABCMeta):
+    """---------------------------------------------------------------- review pipeline
+
+    Layered review (docs/review-pipeline.md). Verdicts go through TaskService.Review; this service
+    lists the work waiting at each stage, carries disputes to experts, and serves feedback.
+    """
+
+    @_abc_1.abstractmethod
+    def ListReviewQueue(
+        self,
+        request: _api_pb2.ListReviewQueueRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_api_pb2.ListReviewQueueResponse, _abc.Awaitable[_api_pb2.ListReviewQueueResponse]]:
+        """Work waiting at one stage of a project's pipeline, oldest first (the stage's reviewers and
+        managers). The response carries the stage's depth.
+        """
+
+    @_abc_1.abstractmethod
+    def GetReviewState(
+        self,
+        request: _api_pb2.GetReviewStateRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_api_pb2.ReviewState, _abc.Awaitable[_api_pb2.ReviewState]]:
+        """Per-stage review state of a task's annotations (annotators: their own only)."""
+
+    @_abc_1.abstractmethod
+    def OpenDispute(
+        self,
+        request: _api_pb2.OpenDisputeRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_api_pb2.Dispute, _abc.Awaitable[_api_pb2.Dispute]]:
+        """The author disputes a rejection (once per rejection); the project's experts decide."""
+
+    @_abc_1.abstractmethod
+    def ResolveDispute(
+        self,
+        request: _api_pb2.ResolveDisputeRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_api_pb2.Dispute, _abc.Awaitable[_api_pb2.Dispute]]:
+        """An expert upholds or overturns a disputed rejection; final."""
+
+    @_abc_1.abstractmethod
+    def ListDisputes(
+        self,
+        request: _api_pb2.ListDisputesRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_api_pb2.ListDisputesResponse, _abc.Awaitable[_api_pb2.ListDisputesResponse]]:
+        """Disputes of a project, open ones oldest first or resolved ones newest first."""
+
+    @_abc_1.abstractmethod
+    def ListFeedback(
+        self,
+        request: _api_pb2.ListFeedbackRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_api_pb2.ListFeedbackResponse, _abc.Awaitable[_api_pb2.ListFeedbackResponse]]:
+        """A person's feedback, newest first: verdicts on their work (reason codes, comments), QA
+        results, final acceptances, dispute outcomes. Annotators read their own; managers anyone's.
+        """
+
+def add_ReviewServiceServicer_to_server(servicer: ReviewServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
+
 class LabelStreamServiceStub:
     """---------------------------------------------------------------- streams"""
 

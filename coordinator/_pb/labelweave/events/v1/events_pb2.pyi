@@ -83,6 +83,9 @@ class EventEnvelope(_message.Message):
     TASK_COMPLETED_FIELD_NUMBER: _builtins.int
     TASK_REOPENED_FIELD_NUMBER: _builtins.int
     ANNOTATION_ABANDONED_FIELD_NUMBER: _builtins.int
+    REVIEW_ROUTED_FIELD_NUMBER: _builtins.int
+    DISPUTE_OPENED_FIELD_NUMBER: _builtins.int
+    DISPUTE_RESOLVED_FIELD_NUMBER: _builtins.int
     event_id: _builtins.str
     """UUIDv7"""
     stream_id: _builtins.str
@@ -157,6 +160,12 @@ class EventEnvelope(_message.Message):
     def task_reopened(self) -> Global___TaskReopened: ...
     @_builtins.property
     def annotation_abandoned(self) -> Global___AnnotationAbandoned: ...
+    @_builtins.property
+    def review_routed(self) -> Global___ReviewRouted: ...
+    @_builtins.property
+    def dispute_opened(self) -> Global___DisputeOpened: ...
+    @_builtins.property
+    def dispute_resolved(self) -> Global___DisputeResolved: ...
     def __init__(
         self,
         *,
@@ -193,12 +202,15 @@ class EventEnvelope(_message.Message):
         task_completed: Global___TaskCompleted | None = ...,
         task_reopened: Global___TaskReopened | None = ...,
         annotation_abandoned: Global___AnnotationAbandoned | None = ...,
+        review_routed: Global___ReviewRouted | None = ...,
+        dispute_opened: Global___DisputeOpened | None = ...,
+        dispute_resolved: Global___DisputeResolved | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["actor", b"actor", "annotation_abandoned", b"annotation_abandoned", "annotation_accepted", b"annotation_accepted", "annotation_edited", b"annotation_edited", "annotation_submitted", b"annotation_submitted", "guideline_published", b"guideline_published", "label_schema_published", b"label_schema_published", "lease_expired", b"lease_expired", "lease_released", b"lease_released", "occurred_at", b"occurred_at", "payload", b"payload", "person_registered", b"person_registered", "person_updated", b"person_updated", "prelabel_ingested", b"prelabel_ingested", "project_created", b"project_created", "project_member_added", b"project_member_added", "project_member_removed", b"project_member_removed", "project_settings_changed", b"project_settings_changed", "recorded_at", b"recorded_at", "review_recorded", b"review_recorded", "task_completed", b"task_completed", "task_imported", b"task_imported", "task_leased", b"task_leased", "task_reopened", b"task_reopened", "token_issued", b"token_issued", "token_revoked", b"token_revoked"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["actor", b"actor", "annotation_abandoned", b"annotation_abandoned", "annotation_accepted", b"annotation_accepted", "annotation_edited", b"annotation_edited", "annotation_submitted", b"annotation_submitted", "dispute_opened", b"dispute_opened", "dispute_resolved", b"dispute_resolved", "guideline_published", b"guideline_published", "label_schema_published", b"label_schema_published", "lease_expired", b"lease_expired", "lease_released", b"lease_released", "occurred_at", b"occurred_at", "payload", b"payload", "person_registered", b"person_registered", "person_updated", b"person_updated", "prelabel_ingested", b"prelabel_ingested", "project_created", b"project_created", "project_member_added", b"project_member_added", "project_member_removed", b"project_member_removed", "project_settings_changed", b"project_settings_changed", "recorded_at", b"recorded_at", "review_recorded", b"review_recorded", "review_routed", b"review_routed", "task_completed", b"task_completed", "task_imported", b"task_imported", "task_leased", b"task_leased", "task_reopened", b"task_reopened", "token_issued", b"token_issued", "token_revoked", b"token_revoked"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["actor", b"actor", "annotation_abandoned", b"annotation_abandoned", "annotation_accepted", b"annotation_accepted", "annotation_edited", b"annotation_edited", "annotation_submitted", b"annotation_submitted", "causation_id", b"causation_id", "command_id", b"command_id", "correlation_id", b"correlation_id", "event_id", b"event_id", "guideline_published", b"guideline_published", "label_schema_published", b"label_schema_published", "lease_expired", b"lease_expired", "lease_released", b"lease_released", "occurred_at", b"occurred_at", "payload", b"payload", "person_registered", b"person_registered", "person_updated", b"person_updated", "prelabel_ingested", b"prelabel_ingested", "project_created", b"project_created", "project_member_added", b"project_member_added", "project_member_removed", b"project_member_removed", "project_settings_changed", b"project_settings_changed", "recorded_at", b"recorded_at", "review_recorded", b"review_recorded", "schema_version", b"schema_version", "stream_id", b"stream_id", "stream_version", b"stream_version", "task_completed", b"task_completed", "task_imported", b"task_imported", "task_leased", b"task_leased", "task_reopened", b"task_reopened", "token_issued", b"token_issued", "token_revoked", b"token_revoked", "type", b"type"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["actor", b"actor", "annotation_abandoned", b"annotation_abandoned", "annotation_accepted", b"annotation_accepted", "annotation_edited", b"annotation_edited", "annotation_submitted", b"annotation_submitted", "causation_id", b"causation_id", "command_id", b"command_id", "correlation_id", b"correlation_id", "dispute_opened", b"dispute_opened", "dispute_resolved", b"dispute_resolved", "event_id", b"event_id", "guideline_published", b"guideline_published", "label_schema_published", b"label_schema_published", "lease_expired", b"lease_expired", "lease_released", b"lease_released", "occurred_at", b"occurred_at", "payload", b"payload", "person_registered", b"person_registered", "person_updated", b"person_updated", "prelabel_ingested", b"prelabel_ingested", "project_created", b"project_created", "project_member_added", b"project_member_added", "project_member_removed", b"project_member_removed", "project_settings_changed", b"project_settings_changed", "recorded_at", b"recorded_at", "review_recorded", b"review_recorded", "review_routed", b"review_routed", "schema_version", b"schema_version", "stream_id", b"stream_id", "stream_version", b"stream_version", "task_completed", b"task_completed", "task_imported", b"task_imported", "task_leased", b"task_leased", "task_reopened", b"task_reopened", "token_issued", b"token_issued", "token_revoked", b"token_revoked", "type", b"type"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    _WhichOneofReturnType_payload: _TypeAlias = _typing.Literal["project_created", "label_schema_published", "guideline_published", "project_member_added", "project_member_removed", "project_settings_changed", "person_registered", "person_updated", "token_issued", "token_revoked", "task_imported", "prelabel_ingested", "task_leased", "lease_released", "lease_expired", "annotation_submitted", "annotation_edited", "review_recorded", "annotation_accepted", "task_completed", "task_reopened", "annotation_abandoned"]  # noqa: Y015
+    _WhichOneofReturnType_payload: _TypeAlias = _typing.Literal["project_created", "label_schema_published", "guideline_published", "project_member_added", "project_member_removed", "project_settings_changed", "person_registered", "person_updated", "token_issued", "token_revoked", "task_imported", "prelabel_ingested", "task_leased", "lease_released", "lease_expired", "annotation_submitted", "annotation_edited", "review_recorded", "annotation_accepted", "task_completed", "task_reopened", "annotation_abandoned", "review_routed", "dispute_opened", "dispute_resolved"]  # noqa: Y015
     _WhichOneofArgType_payload: _TypeAlias = _typing.Literal["payload", b"payload"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType_payload) -> _WhichOneofReturnType_payload | None: ...
 
@@ -456,6 +468,7 @@ class TaskImported(_message.Message):
     TASK_FIELD_NUMBER: _builtins.int
     REVIEW_POLICY_FIELD_NUMBER: _builtins.int
     LEASE_SECONDS_FIELD_NUMBER: _builtins.int
+    PIPELINE_FIELD_NUMBER: _builtins.int
     project_id: _builtins.str
     batch_id: _builtins.str
     review_policy: _model_pb2.ReviewPolicy.ValueType
@@ -465,6 +478,10 @@ class TaskImported(_message.Message):
     def task(self) -> _model_pb2.TaskSpec:
         """overlap resolved to the project default"""
 
+    @_builtins.property
+    def pipeline(self) -> _model_pb2.ReviewPipeline:
+        """resolved (names, roles, seed); unset in logs written before"""
+
     def __init__(
         self,
         *,
@@ -473,10 +490,11 @@ class TaskImported(_message.Message):
         task: _model_pb2.TaskSpec | None = ...,
         review_policy: _model_pb2.ReviewPolicy.ValueType = ...,
         lease_seconds: _builtins.int = ...,
+        pipeline: _model_pb2.ReviewPipeline | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["task", b"task"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["pipeline", b"pipeline", "task", b"task"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["batch_id", b"batch_id", "lease_seconds", b"lease_seconds", "project_id", b"project_id", "review_policy", b"review_policy", "task", b"task"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["batch_id", b"batch_id", "lease_seconds", b"lease_seconds", "pipeline", b"pipeline", "project_id", b"project_id", "review_policy", b"review_policy", "task", b"task"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -702,6 +720,8 @@ class ReviewRecorded(_message.Message):
     COMMENT_FIELD_NUMBER: _builtins.int
     AUTHOR_ID_FIELD_NUMBER: _builtins.int
     PROJECT_ID_FIELD_NUMBER: _builtins.int
+    STAGE_FIELD_NUMBER: _builtins.int
+    STAGE_INDEX_FIELD_NUMBER: _builtins.int
     task_id: _builtins.str
     annotation_id: _builtins.str
     version: _builtins.int
@@ -711,6 +731,10 @@ class ReviewRecorded(_message.Message):
     comment: _builtins.str
     author_id: _builtins.str
     project_id: _builtins.str
+    stage: _builtins.str
+    """pipeline stage the verdict was given at ("" before pipelines:"""
+    stage_index: _builtins.int
+    """the task's first stage)"""
     @_builtins.property
     def reason_codes(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
     def __init__(
@@ -725,10 +749,12 @@ class ReviewRecorded(_message.Message):
         comment: _builtins.str = ...,
         author_id: _builtins.str = ...,
         project_id: _builtins.str = ...,
+        stage: _builtins.str = ...,
+        stage_index: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["annotation_id", b"annotation_id", "author_id", b"author_id", "comment", b"comment", "project_id", b"project_id", "reason_codes", b"reason_codes", "reviewer_id", b"reviewer_id", "task_id", b"task_id", "verdict", b"verdict", "version", b"version"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["annotation_id", b"annotation_id", "author_id", b"author_id", "comment", b"comment", "project_id", b"project_id", "reason_codes", b"reason_codes", "reviewer_id", b"reviewer_id", "stage", b"stage", "stage_index", b"stage_index", "task_id", b"task_id", "verdict", b"verdict", "version", b"version"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -866,3 +892,184 @@ class AnnotationAbandoned(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___AnnotationAbandoned: _TypeAlias = AnnotationAbandoned  # noqa: Y015
+
+@_typing.final
+class ReviewRouted(_message.Message):
+    """Work entered a review stage: the sampling decision, made once and recorded. `sampled` false
+    means the stage let it through unseen; the next stage's ReviewRouted (or AnnotationAccepted
+    after the last stage) follows in the same command.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TASK_ID_FIELD_NUMBER: _builtins.int
+    ANNOTATION_ID_FIELD_NUMBER: _builtins.int
+    VERSION_FIELD_NUMBER: _builtins.int
+    AUTHOR_ID_FIELD_NUMBER: _builtins.int
+    PROJECT_ID_FIELD_NUMBER: _builtins.int
+    STAGE_FIELD_NUMBER: _builtins.int
+    STAGE_INDEX_FIELD_NUMBER: _builtins.int
+    KIND_FIELD_NUMBER: _builtins.int
+    SAMPLED_FIELD_NUMBER: _builtins.int
+    RATE_FIELD_NUMBER: _builtins.int
+    SAMPLE_POINT_FIELD_NUMBER: _builtins.int
+    AUTHOR_ACCEPTANCE_FIELD_NUMBER: _builtins.int
+    AUTHOR_VERDICTS_FIELD_NUMBER: _builtins.int
+    task_id: _builtins.str
+    annotation_id: _builtins.str
+    version: _builtins.int
+    author_id: _builtins.str
+    project_id: _builtins.str
+    stage: _builtins.str
+    stage_index: _builtins.int
+    kind: _model_pb2.ReviewStageKind.ValueType
+    sampled: _builtins.bool
+    rate: _builtins.float
+    """the rate used (after stratification)"""
+    sample_point: _builtins.float
+    """hash point in [0, 1); sampled iff sample_point < rate"""
+    author_acceptance: _builtins.float
+    """the author's recent acceptance rate used for stratification"""
+    author_verdicts: _builtins.int
+    """verdicts behind it (0: no history, base rate used)"""
+    def __init__(
+        self,
+        *,
+        task_id: _builtins.str = ...,
+        annotation_id: _builtins.str = ...,
+        version: _builtins.int = ...,
+        author_id: _builtins.str = ...,
+        project_id: _builtins.str = ...,
+        stage: _builtins.str = ...,
+        stage_index: _builtins.int = ...,
+        kind: _model_pb2.ReviewStageKind.ValueType = ...,
+        sampled: _builtins.bool = ...,
+        rate: _builtins.float = ...,
+        sample_point: _builtins.float = ...,
+        author_acceptance: _builtins.float = ...,
+        author_verdicts: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["annotation_id", b"annotation_id", "author_acceptance", b"author_acceptance", "author_id", b"author_id", "author_verdicts", b"author_verdicts", "kind", b"kind", "project_id", b"project_id", "rate", b"rate", "sample_point", b"sample_point", "sampled", b"sampled", "stage", b"stage", "stage_index", b"stage_index", "task_id", b"task_id", "version", b"version"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ReviewRouted: _TypeAlias = ReviewRouted  # noqa: Y015
+
+@_typing.final
+class DisputeOpened(_message.Message):
+    """The author disputes a rejection; an expert decides."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TASK_ID_FIELD_NUMBER: _builtins.int
+    DISPUTE_ID_FIELD_NUMBER: _builtins.int
+    ANNOTATION_ID_FIELD_NUMBER: _builtins.int
+    VERSION_FIELD_NUMBER: _builtins.int
+    AUTHOR_ID_FIELD_NUMBER: _builtins.int
+    PROJECT_ID_FIELD_NUMBER: _builtins.int
+    STAGE_FIELD_NUMBER: _builtins.int
+    STAGE_INDEX_FIELD_NUMBER: _builtins.int
+    REVIEWER_ID_FIELD_NUMBER: _builtins.int
+    REASON_CODES_FIELD_NUMBER: _builtins.int
+    COMMENT_FIELD_NUMBER: _builtins.int
+    REJECTION_COMMENT_FIELD_NUMBER: _builtins.int
+    task_id: _builtins.str
+    dispute_id: _builtins.str
+    annotation_id: _builtins.str
+    version: _builtins.int
+    """the rejected version"""
+    author_id: _builtins.str
+    project_id: _builtins.str
+    stage: _builtins.str
+    """where it was rejected"""
+    stage_index: _builtins.int
+    reviewer_id: _builtins.str
+    """who rejected it"""
+    comment: _builtins.str
+    """the author's argument"""
+    rejection_comment: _builtins.str
+    """the reviewer's comment on the rejection"""
+    @_builtins.property
+    def reason_codes(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
+    def __init__(
+        self,
+        *,
+        task_id: _builtins.str = ...,
+        dispute_id: _builtins.str = ...,
+        annotation_id: _builtins.str = ...,
+        version: _builtins.int = ...,
+        author_id: _builtins.str = ...,
+        project_id: _builtins.str = ...,
+        stage: _builtins.str = ...,
+        stage_index: _builtins.int = ...,
+        reviewer_id: _builtins.str = ...,
+        reason_codes: _abc.Iterable[_builtins.str] | None = ...,
+        comment: _builtins.str = ...,
+        rejection_comment: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["annotation_id", b"annotation_id", "author_id", b"author_id", "comment", b"comment", "dispute_id", b"dispute_id", "project_id", b"project_id", "reason_codes", b"reason_codes", "rejection_comment", b"rejection_comment", "reviewer_id", b"reviewer_id", "stage", b"stage", "stage_index", b"stage_index", "task_id", b"task_id", "version", b"version"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___DisputeOpened: _TypeAlias = DisputeOpened  # noqa: Y015
+
+@_typing.final
+class DisputeResolved(_message.Message):
+    """The expert's decision, final. OVERTURN continues the pipeline after `stage` (ReviewRouted or
+    AnnotationAccepted follow in the same command).
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TASK_ID_FIELD_NUMBER: _builtins.int
+    DISPUTE_ID_FIELD_NUMBER: _builtins.int
+    ANNOTATION_ID_FIELD_NUMBER: _builtins.int
+    VERSION_FIELD_NUMBER: _builtins.int
+    AUTHOR_ID_FIELD_NUMBER: _builtins.int
+    PROJECT_ID_FIELD_NUMBER: _builtins.int
+    STAGE_FIELD_NUMBER: _builtins.int
+    STAGE_INDEX_FIELD_NUMBER: _builtins.int
+    REVIEWER_ID_FIELD_NUMBER: _builtins.int
+    EXPERT_ID_FIELD_NUMBER: _builtins.int
+    DECISION_FIELD_NUMBER: _builtins.int
+    COMMENT_FIELD_NUMBER: _builtins.int
+    task_id: _builtins.str
+    dispute_id: _builtins.str
+    annotation_id: _builtins.str
+    version: _builtins.int
+    author_id: _builtins.str
+    project_id: _builtins.str
+    stage: _builtins.str
+    stage_index: _builtins.int
+    reviewer_id: _builtins.str
+    """who had rejected it"""
+    expert_id: _builtins.str
+    decision: _model_pb2.DisputeDecision.ValueType
+    comment: _builtins.str
+    def __init__(
+        self,
+        *,
+        task_id: _builtins.str = ...,
+        dispute_id: _builtins.str = ...,
+        annotation_id: _builtins.str = ...,
+        version: _builtins.int = ...,
+        author_id: _builtins.str = ...,
+        project_id: _builtins.str = ...,
+        stage: _builtins.str = ...,
+        stage_index: _builtins.int = ...,
+        reviewer_id: _builtins.str = ...,
+        expert_id: _builtins.str = ...,
+        decision: _model_pb2.DisputeDecision.ValueType = ...,
+        comment: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["annotation_id", b"annotation_id", "author_id", b"author_id", "comment", b"comment", "decision", b"decision", "dispute_id", b"dispute_id", "expert_id", b"expert_id", "project_id", b"project_id", "reviewer_id", b"reviewer_id", "stage", b"stage", "stage_index", b"stage_index", "task_id", b"task_id", "version", b"version"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___DisputeResolved: _TypeAlias = DisputeResolved  # noqa: Y015

@@ -113,6 +113,52 @@ REVIEW_POLICY_FULL: ReviewPolicy.ValueType  # 2
 """every submission needs a reviewer verdict"""
 Global___ReviewPolicy: _TypeAlias = ReviewPolicy  # noqa: Y015
 
+class _ReviewStageKind:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _ReviewStageKindEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ReviewStageKind.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    REVIEW_STAGE_KIND_UNSPECIFIED: _ReviewStageKind.ValueType  # 0
+    REVIEW_STAGE_KIND_PEER_REVIEW: _ReviewStageKind.ValueType  # 1
+    """reviewers check work (all of it, or a sample)"""
+    REVIEW_STAGE_KIND_QA_SPOT_CHECK: _ReviewStageKind.ValueType  # 2
+    """QA samples work an earlier stage accepted"""
+    REVIEW_STAGE_KIND_EXPERT_RESOLUTION: _ReviewStageKind.ValueType  # 3
+    """experts resolve disputed rejections (last, at most one)"""
+
+class ReviewStageKind(_ReviewStageKind, metaclass=_ReviewStageKindEnumTypeWrapper): ...
+
+REVIEW_STAGE_KIND_UNSPECIFIED: ReviewStageKind.ValueType  # 0
+REVIEW_STAGE_KIND_PEER_REVIEW: ReviewStageKind.ValueType  # 1
+"""reviewers check work (all of it, or a sample)"""
+REVIEW_STAGE_KIND_QA_SPOT_CHECK: ReviewStageKind.ValueType  # 2
+"""QA samples work an earlier stage accepted"""
+REVIEW_STAGE_KIND_EXPERT_RESOLUTION: ReviewStageKind.ValueType  # 3
+"""experts resolve disputed rejections (last, at most one)"""
+Global___ReviewStageKind: _TypeAlias = ReviewStageKind  # noqa: Y015
+
+class _DisputeDecision:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _DisputeDecisionEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_DisputeDecision.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    DISPUTE_DECISION_UNSPECIFIED: _DisputeDecision.ValueType  # 0
+    DISPUTE_DECISION_UPHOLD: _DisputeDecision.ValueType  # 1
+    """the rejection stands (final)"""
+    DISPUTE_DECISION_OVERTURN: _DisputeDecision.ValueType  # 2
+    """the rejection is void: accepted at that stage, pipeline continues"""
+
+class DisputeDecision(_DisputeDecision, metaclass=_DisputeDecisionEnumTypeWrapper): ...
+
+DISPUTE_DECISION_UNSPECIFIED: DisputeDecision.ValueType  # 0
+DISPUTE_DECISION_UPHOLD: DisputeDecision.ValueType  # 1
+"""the rejection stands (final)"""
+DISPUTE_DECISION_OVERTURN: DisputeDecision.ValueType  # 2
+"""the rejection is void: accepted at that stage, pipeline continues"""
+Global___DisputeDecision: _TypeAlias = DisputeDecision  # noqa: Y015
+
 class _MediaType:
     ValueType = _typing.NewType("ValueType", _builtins.int)
     V: _TypeAlias = ValueType  # noqa: Y015
@@ -380,25 +426,171 @@ class ProjectSettings(_message.Message):
     DEFAULT_OVERLAP_FIELD_NUMBER: _builtins.int
     LEASE_SECONDS_FIELD_NUMBER: _builtins.int
     REVIEW_POLICY_FIELD_NUMBER: _builtins.int
+    PIPELINE_FIELD_NUMBER: _builtins.int
+    REASON_CODES_FIELD_NUMBER: _builtins.int
     default_overlap: _builtins.int
     """0 → 1"""
     lease_seconds: _builtins.int
     """0 → 1800"""
     review_policy: Global___ReviewPolicy.ValueType
+    """without pipeline stages: NONE → no stage, FULL → one full"""
+    @_builtins.property
+    def pipeline(self) -> Global___ReviewPipeline:
+        """PEER_REVIEW stage (any reviewer, QA or expert may review)
+        explicit stages after annotate; wins over review_policy
+        """
+
+    @_builtins.property
+    def reason_codes(self) -> _containers.RepeatedCompositeFieldContainer[Global___ReasonCode]:
+        """what a review may cite; empty: the label schema's"""
+
     def __init__(
         self,
         *,
         default_overlap: _builtins.int = ...,
         lease_seconds: _builtins.int = ...,
         review_policy: Global___ReviewPolicy.ValueType = ...,
+        pipeline: Global___ReviewPipeline | None = ...,
+        reason_codes: _abc.Iterable[Global___ReasonCode] | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["pipeline", b"pipeline"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["default_overlap", b"default_overlap", "lease_seconds", b"lease_seconds", "review_policy", b"review_policy"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["default_overlap", b"default_overlap", "lease_seconds", b"lease_seconds", "pipeline", b"pipeline", "reason_codes", b"reason_codes", "review_policy", b"review_policy"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___ProjectSettings: _TypeAlias = ProjectSettings  # noqa: Y015
+
+@_typing.final
+class ReasonCode(_message.Message):
+    """A reason a reviewer may cite when rejecting (or commenting on) work."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CODE_FIELD_NUMBER: _builtins.int
+    DESCRIPTION_FIELD_NUMBER: _builtins.int
+    code: _builtins.str
+    """e.g. "loose_box"; 1-64 of a-z 0-9 _ . -"""
+    description: _builtins.str
+    """shown to the author in their feedback feed"""
+    def __init__(
+        self,
+        *,
+        code: _builtins.str = ...,
+        description: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["code", b"code", "description", b"description"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ReasonCode: _TypeAlias = ReasonCode  # noqa: Y015
+
+@_typing.final
+class SamplingStratum(_message.Message):
+    """Above a threshold of recent acceptance nothing changes; below it the stage samples at least
+    `sample_rate`, so authors with lower recent accuracy are looked at more.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    BELOW_ACCEPTANCE_FIELD_NUMBER: _builtins.int
+    SAMPLE_RATE_FIELD_NUMBER: _builtins.int
+    below_acceptance: _builtins.float
+    """applies when the author's recent acceptance rate is below this"""
+    sample_rate: _builtins.float
+    def __init__(
+        self,
+        *,
+        below_acceptance: _builtins.float = ...,
+        sample_rate: _builtins.float = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["below_acceptance", b"below_acceptance", "sample_rate", b"sample_rate"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SamplingStratum: _TypeAlias = SamplingStratum  # noqa: Y015
+
+@_typing.final
+class ReviewStage(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    KIND_FIELD_NUMBER: _builtins.int
+    SAMPLE_RATE_FIELD_NUMBER: _builtins.int
+    STRATA_FIELD_NUMBER: _builtins.int
+    MIN_VERDICTS_FIELD_NUMBER: _builtins.int
+    REVIEWER_ROLES_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    """unique in the pipeline; empty → the kind, e.g. "qa_spot_check" """
+    kind: Global___ReviewStageKind.ValueType
+    sample_rate: _builtins.float
+    """share of work this stage reviews, in [0, 1]; unset: all of it"""
+    min_verdicts: _builtins.int
+    """authors with fewer recent verdicts use sample_rate alone"""
+    @_builtins.property
+    def strata(self) -> _containers.RepeatedCompositeFieldContainer[Global___SamplingStratum]:
+        """higher rates for authors with lower recent acceptance"""
+
+    @_builtins.property
+    def reviewer_roles(self) -> _containers.RepeatedScalarFieldContainer[Global___Role.ValueType]:
+        """who may review here; empty → the kind's role (reviewer,"""
+
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+        kind: Global___ReviewStageKind.ValueType = ...,
+        sample_rate: _builtins.float | None = ...,
+        strata: _abc.Iterable[Global___SamplingStratum] | None = ...,
+        min_verdicts: _builtins.int = ...,
+        reviewer_roles: _abc.Iterable[Global___Role.ValueType] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_sample_rate", b"_sample_rate", "sample_rate", b"sample_rate"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_sample_rate", b"_sample_rate", "kind", b"kind", "min_verdicts", b"min_verdicts", "name", b"name", "reviewer_roles", b"reviewer_roles", "sample_rate", b"sample_rate", "strata", b"strata"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType__sample_rate: _TypeAlias = _typing.Literal["sample_rate"]  # noqa: Y015
+    _WhichOneofArgType__sample_rate: _TypeAlias = _typing.Literal["_sample_rate", b"_sample_rate"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__sample_rate) -> _WhichOneofReturnType__sample_rate | None: ...
+
+Global___ReviewStage: _TypeAlias = ReviewStage  # noqa: Y015
+
+@_typing.final
+class ReviewPipeline(_message.Message):
+    """Ordered review stages after annotate. Sampling is a hash of (seed, task, annotation, stage)
+    compared with the stage's rate, decided once when work enters a stage and recorded in the
+    `ReviewRouted` event, so a replay never decides again.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    STAGES_FIELD_NUMBER: _builtins.int
+    SAMPLING_SEED_FIELD_NUMBER: _builtins.int
+    ACCURACY_WINDOW_FIELD_NUMBER: _builtins.int
+    sampling_seed: _builtins.str
+    """empty → the project id"""
+    accuracy_window: _builtins.int
+    """the author's last N verdicts make "recent acceptance"; 0 → 50"""
+    @_builtins.property
+    def stages(self) -> _containers.RepeatedCompositeFieldContainer[Global___ReviewStage]: ...
+    def __init__(
+        self,
+        *,
+        stages: _abc.Iterable[Global___ReviewStage] | None = ...,
+        sampling_seed: _builtins.str = ...,
+        accuracy_window: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["accuracy_window", b"accuracy_window", "sampling_seed", b"sampling_seed", "stages", b"stages"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ReviewPipeline: _TypeAlias = ReviewPipeline  # noqa: Y015
 
 @_typing.final
 class MediaInfo(_message.Message):
