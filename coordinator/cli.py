@@ -203,6 +203,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         metrics_host=args.metrics_host,
         event_log_url=args.event_log or "",
         store_url=args.store or "",
+        projections=args.projections,
         tls=tls,
     )
     return serve(settings)
@@ -686,6 +687,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="address the metrics endpoint binds (0.0.0.0 in containers; default: %(default)s)",
     )
     _backend_flags(p)
+    p.add_argument(
+        "--projections",
+        default="auto",
+        choices=["auto", "in-process", "workers"],
+        help="who applies the views: this process, or `labelweave workers` (auto: workers when the "
+        "event log is kafka://; default: %(default)s)",
+    )
     p.add_argument("--tls-cert", default=None, help="server certificate (PEM)")
     p.add_argument("--tls-key", default=None, help="server private key (PEM)")
     p.add_argument(
@@ -857,6 +865,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     # simulate
     from coordinator import simulate
+    from coordinator.cli_distributed import add_commands as add_distributed_commands
+
+    add_distributed_commands(command, sub)
 
     p = command(
         sub, "simulate", cmd_simulate, "drive a simulated workforce through the API", parents=[client]

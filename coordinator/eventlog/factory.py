@@ -1,4 +1,5 @@
-"""Open an event log by URL: `memory://` or `sqlite:///path/to/events.db[?synchronous=normal]`."""
+"""Open an event log by URL: `memory://`, `sqlite:///path/to/events.db[?synchronous=normal]` or
+`kafka://host:port[,host:port…]/?prefix=labelweave&…` (docs/kafka-event-log.md)."""
 
 from __future__ import annotations
 
@@ -6,7 +7,7 @@ from coordinator.errors import InvalidArgument
 from coordinator.eventlog.base import EventLog
 from coordinator.metrics import Metrics
 
-SUPPORTED_SCHEMES = ("memory", "sqlite")
+SUPPORTED_SCHEMES = ("memory", "sqlite", "kafka")
 
 
 def open_event_log(url: str, *, metrics: Metrics | None = None) -> EventLog:
@@ -21,8 +22,12 @@ def open_event_log(url: str, *, metrics: Metrics | None = None) -> EventLog:
         from coordinator.eventlog.sqlite import SqliteEventLog
 
         return SqliteEventLog.from_url(url, metrics=metrics)
+    if scheme == "kafka":
+        from coordinator.eventlog.kafka import KafkaEventLog
+
+        return KafkaEventLog.from_url(url, metrics=metrics)
     raise InvalidArgument(
-        f"unsupported event log URL {url!r}: supported schemes are memory:// and sqlite:///path "
-        "(kafka:// is coming with the distributed backend)",
+        f"unsupported event log URL {url!r}: supported schemes are memory://, sqlite:///path and "
+        "kafka://host:port/?prefix=…",
         field="event_log",
     )

@@ -423,4 +423,6 @@ class EventLogContract:
             assert [e.position for e in r.events] == [e.position for e in first.events]
             assert [e.data for e in r.events] == [e.data for e in first.events]
         assert log.stream_version("project:a") == 2
-        assert sum(log.head().values()) == 2
+        if self.gap_free_offsets:
+            assert sum(log.head().values()) == 2
+        assert len(log.read({}, 100)) == 2
