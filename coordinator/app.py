@@ -55,7 +55,7 @@ class Application:
         settings.data_dir.mkdir(parents=True, exist_ok=True)
         metrics = metrics or Metrics()
         clock = clock or utc_now
-        event_log = open_event_log(settings.resolved_event_log_url, metrics=metrics)
+        event_log = open_event_log(_with_replica(settings), metrics=metrics)
         store = open_store(settings.resolved_store_url)
         bus = CommandBus(event_log, metrics=metrics)
         runner: ProjectionRunner | StoreFollower
@@ -183,6 +183,16 @@ class Application:
                 self.runner.store = self.store
                 self.service.store = self.store
         return out
+
+
+def _with_replica(settings: Settings) -> str:
+    """A Kafka log keeps a local index of the log; a server keeps it in its data directory so a
+    restart catches up from where it stopped instead of re-reading every topic."""
+    url = settings.resolved_event_log_url
+    if not url.startswith("kafka://") or "replica=" in url:
+        return url
+    sep = "&" if "?" in url else ("?" if url.endswith("/") else "/?")
+    return f"{url}{sep}replica={(settings.data_dir / 'kafka-replica.db').resolve()}"
 
 
 def _sqlite_path(url: str) -> Path | None:

@@ -42,7 +42,7 @@ from google.protobuf import struct_pb2
 from coordinator._pb.labelweave.api.v1 import api_pb2
 from coordinator._pb.labelweave.events.v1 import annotation_pb2, model_pb2
 from coordinator.client import LabelweaveClient, error_code
-from coordinator.errors import AlreadyExists, InvalidArgument, LabelweaveError, NotFound
+from coordinator.errors import AlreadyExists, FailedPrecondition, InvalidArgument, LabelweaveError, NotFound
 
 if TYPE_CHECKING:
     from rich.console import Console
@@ -350,7 +350,12 @@ def set_up(admin: LabelweaveClient, run: Run, console: Console) -> tuple[api_pb2
         with contextlib.suppress(AlreadyExists):
             admin.register_person(_person_spec(worker))
         if worker.person_id not in members:
-            admin.add_project_member(pid, worker.person_id)
+            try:
+                admin.add_project_member(pid, worker.person_id)
+            except FailedPrecondition:
+                # Another simulation (maybe through another coordinator) added them meanwhile.
+                if worker.person_id not in set(admin.get_project(pid).members):
+                    raise
         ttl = int(args.duration_limit) + 3600
         worker.token = admin.create_token(worker.person_id, "labelweave simulate", ttl).token
         run.workers[worker.person_id] = worker
