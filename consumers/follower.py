@@ -99,8 +99,14 @@ class StoreFollower:
 
         m = self.metrics
         assert m is not None
+        last_applied: int | None = None
         while not self._stop.wait(self.REFRESH):
             try:
+                applied = sum(self.applied.values())
+                if last_applied is not None and applied > last_applied:
+                    # position steps, so Kafka transaction markers count too: close enough for a rate
+                    m.projection_applied.labels(self.consumer).inc(applied - last_applied)
+                last_applied = applied
                 m.projection_lag.labels(self.consumer).set(self.lag())
                 depths = queue_depths(self.store)
                 for pid in self._depth_projects - depths.keys():

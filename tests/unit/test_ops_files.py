@@ -30,8 +30,8 @@ DASHBOARD_PROVIDERS = ROOT / "ops" / "grafana" / "provisioning" / "dashboards" /
 DASHBOARD = ROOT / "ops" / "grafana" / "dashboards" / "labelweave.json"
 OPERATIONS_DOC = ROOT / "docs" / "operations.md"
 
-DOCUMENTED_SERVICES = {"coordinator", "kafka", "cassandra", "workers", "prometheus", "grafana"}
-DISTRIBUTED_ONLY = {"kafka", "cassandra", "workers"}
+DOCUMENTED_SERVICES = {"coordinator", "kafka", "cassandra", "migrate", "workers", "prometheus", "grafana"}
+DISTRIBUTED_ONLY = {"kafka", "cassandra", "migrate", "workers"}
 CLIENT_ERROR_CODES = {
     "INVALID_ARGUMENT",
     "NOT_FOUND",
@@ -85,13 +85,23 @@ def _exposed_sample_names() -> set[str]:
         "summary": ("", "_sum", "_count", "_created"),
     }
     names: set[str] = set()
-    for family in Metrics(CollectorRegistry()).registry.collect():
+    for family in _families():
         names.update(family.name + suffix for suffix in suffixes[family.type])
     return names
 
 
+def _families() -> list[Any]:
+    """The coordinator's metric families and the projection workers'."""
+    from consumers.app import WorkerMetrics
+
+    return [
+        *Metrics(CollectorRegistry()).registry.collect(),
+        *WorkerMetrics(CollectorRegistry()).registry.collect(),
+    ]
+
+
 def _family_names() -> set[str]:
-    return {family.name for family in Metrics(CollectorRegistry()).registry.collect()}
+    return {family.name for family in _families()}
 
 
 def _container_ports(service: dict[str, Any]) -> set[int]:
@@ -155,12 +165,14 @@ def test_every_documented_service_exists(services: dict[str, Any]) -> None:
 def test_every_service_has_an_image_or_build_and_a_health_check(services: dict[str, Any]) -> None:
     for name, svc in services.items():
         assert "image" in svc or "build" in svc, name
-        if name == "workers":
-            # no health endpoint of its own: it starts only once its backends are healthy
-            conditions = {dep: spec["condition"] for dep, spec in svc["depends_on"].items()}
-            assert conditions == {"kafka": "service_healthy", "cassandra": "service_healthy"}
+        if name == "migrate":
+            # a one-shot job: others wait for it to complete, and it waits for Cassandra
+            assert svc["restart"] == "no"
+            assert svc["depends_on"] == {"cassandra": {"condition": "service_healthy"}}
         else:
             assert svc["healthcheck"]["test"], name
+    for name in ("coordinator", "workers"):
+        assert services[name]["depends_on"]["migrate"]["condition"] == "service_completed_successfully"
 
 
 def test_images_are_pinned_to_exact_tags(services: dict[str, Any]) -> None:
@@ -201,13 +213,27 @@ def test_coordinator_listens_and_exports_metrics_on_all_interfaces(services: dic
     assert {50051, int(flags["--metrics-port"])} <= _container_ports(coordinator)
     assert any(str(v).endswith(":/data") for v in coordinator["volumes"])
     workers = [str(a) for a in services["workers"]["command"]]
-    assert workers == [
+    assert workers[:5] == [
         "workers",
         "--event-log",
         "kafka://kafka:9092",
         "--store",
         "cassandra://cassandra:9042/labelweave",
     ]
+    wflags = dict(zip(workers[5::2], workers[6::2], strict=True))
+    assert wflags == {"--metrics-host": "0.0.0.0", "--metrics-port": "9465"}
+    assert [str(a) for a in services["migrate"]["command"]] == [
+        "migrate",
+        "--store",
+        "cassandra://cassandra:9042/labelweave",
+    ]
+    # the commands the compose file runs exist in the CLI with these flags
+    from coordinator.cli import build_parser
+
+    parser = build_parser()
+    parser.parse_args(workers)
+    parser.parse_args([str(a) for a in services["migrate"]["command"]])
+    parser.parse_args(args)
 
 
 def test_container_health_check_is_the_same_in_compose_and_dockerfile(services: dict[str, Any]) -> None:
@@ -244,8 +270,10 @@ def test_prometheus_scrapes_the_coordinator_every_five_seconds(services: dict[st
     assert jobs
     targets: list[str] = []
     for job in jobs:
-        for static in job["static_configs"]:
+        for static in job.get("static_configs", []):
             targets.extend(static["targets"])
+        for dns in job.get("dns_sd_configs", []):
+            targets.extend(f"{name}:{dns['port']}" for name in dns["names"])
     assert targets
     for target in targets:
         host, _, port = target.rpartition(":")
@@ -254,7 +282,7 @@ def test_prometheus_scrapes_the_coordinator_every_five_seconds(services: dict[st
     coordinator_jobs = [
         j
         for j in jobs
-        if any(t.startswith("coordinator:") for s in j["static_configs"] for t in s["targets"])
+        if any(t.startswith("coordinator:") for s in j.get("static_configs", []) for t in s["targets"])
     ]
     assert [j["scrape_interval"] for j in coordinator_jobs] == ["5s"]
 
