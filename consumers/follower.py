@@ -43,7 +43,6 @@ class StoreFollower:
         self.failures = 0
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
-        self._depth_projects: set[str] = set()
 
     @property
     def running(self) -> bool:
@@ -95,10 +94,11 @@ class StoreFollower:
             self._thread = None
 
     def _loop(self) -> None:
-        from projections.queries import queue_depths
+        from consumers.gauges import ProjectionGauges
 
         m = self.metrics
         assert m is not None
+        gauges = ProjectionGauges(m)
         last_applied: int | None = None
         while not self._stop.wait(self.REFRESH):
             try:
@@ -108,11 +108,6 @@ class StoreFollower:
                     m.projection_applied.labels(self.consumer).inc(applied - last_applied)
                 last_applied = applied
                 m.projection_lag.labels(self.consumer).set(self.lag())
-                depths = queue_depths(self.store)
-                for pid in self._depth_projects - depths.keys():
-                    m.queue_depth.labels(pid).set(0)
-                for pid, depth in depths.items():
-                    m.queue_depth.labels(pid).set(depth)
-                self._depth_projects = set(depths)
+                gauges.refresh(self.store)
             except Exception:
                 logger.exception("projection gauges refresh failed")

@@ -25,6 +25,7 @@ import threading
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 
+from consumers.gauges import ProjectionGauges
 from coordinator.eventlog.base import Checkpoint, EventLog, RecordedEvent
 from coordinator.metrics import Metrics
 from projections.base import (
@@ -261,7 +262,7 @@ class ProjectionRunner:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._last_depths = 0.0
-        self._depth_projects: set[str] = set()
+        self._gauges = ProjectionGauges(metrics) if metrics is not None else None
         self._cache = DocCache()
 
     # ------------------------------------------------------------------ state
@@ -341,16 +342,9 @@ class ProjectionRunner:
         m.projection_commit_latency.labels(self.consumer).observe(commit_seconds)
         m.projection_lag.labels(self.consumer).set(self.lag())
         now = time.monotonic()
-        if now - self._last_depths >= self.DEPTH_INTERVAL:
+        if self._gauges is not None and now - self._last_depths >= self.DEPTH_INTERVAL:
             self._last_depths = now
-            from projections.queries import queue_depths
-
-            depths = queue_depths(self.store)
-            for pid in self._depth_projects - depths.keys():
-                m.queue_depth.labels(pid).set(0)
-            for pid, depth in depths.items():
-                m.queue_depth.labels(pid).set(depth)
-            self._depth_projects = set(depths)
+            self._gauges.refresh(self.store)
 
     def catch_up(self) -> int:
         """Apply batches until the log head (as of each read); returns the total applied."""

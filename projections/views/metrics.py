@@ -9,7 +9,8 @@ Collections
 
 Counted: TaskLeased → leased (lessee); AnnotationSubmitted → submitted and time_on_task_ms
 (author); AnnotationAccepted → accepted (author); ReviewRecorded REJECT → rejected (author);
-AnnotationEdited → edits (editor); LeaseExpired → expired (lease holder).
+AnnotationEdited → edits (editor); LeaseExpired → expired (lease holder); DisputeResolved
+OVERTURN → rejected - 1 (author): an overturned rejection does not count against anyone.
 """
 
 from __future__ import annotations
@@ -61,6 +62,11 @@ class MetricsView:
             p4 = env.review_recorded
             if p4.verdict == model_pb2.VERDICT_REJECT:
                 self._bump(tx, shard, self._project(tx, p4), p4.author_id, {"rejected": 1})
+        elif kind == "dispute_resolved":
+            d = env.dispute_resolved
+            if d.decision == model_pb2.DISPUTE_DECISION_OVERTURN:
+                # the expert voided the rejection: it no longer counts against the author
+                self._bump(tx, shard, self._project(tx, d), d.author_id, {"rejected": -1})
         elif kind == "annotation_edited":
             p5 = env.annotation_edited
             self._bump(tx, shard, self._project(tx, p5), p5.person_id, {"edits": 1})

@@ -458,3 +458,49 @@ def test_tasks_of_equal_priority_are_leased_in_import_order(team: tuple[Env, Stu
         leased.append(n.task.task_id)
         env.server.app.runner.catch_up()
     assert leased == ids
+
+
+def test_review_stage_gauges_follow_the_pipeline(team: tuple[Env, Stubs, Stubs, Stubs]) -> None:
+    env, ann, _, rev = team
+    imp(env, image_task("t1"), image_task("t2"))
+    for i in (1, 2):
+        n = ann.tasks.NextTask(api_pb2.NextTaskRequest(command_id=f"n{i}", project_id="p1"), metadata=ann.md)
+        ann.tasks.Submit(
+            api_pb2.SubmitRequest(
+                command_id=f"s{i}", task_id=n.task.task_id, lease_id=n.lease.lease_id, annotation=box()
+            ),
+            metadata=ann.md,
+        )
+    app = env.server.app
+    registry = app.metrics.registry
+
+    def stage_samples(name: str) -> dict[str, float]:
+        out: dict[str, float] = {}
+        for family in registry.collect():
+            for sample in family.samples:
+                if sample.name == name and sample.labels.get("project") == "p1":
+                    out[sample.labels["stage"]] = sample.value
+        return out
+
+    def refreshed() -> dict[str, float]:
+        app.runner.catch_up()
+        from consumers.gauges import ProjectionGauges
+
+        ProjectionGauges(app.metrics).refresh(app.store)
+        return stage_samples("labelweave_review_stage_depth")
+
+    (stage,) = refreshed()
+    assert refreshed() == {stage: 2}
+    assert stage_samples("labelweave_review_stage_oldest_seconds")[stage] >= 0
+    n = rev.tasks.Review(
+        api_pb2.ReviewRequest(
+            command_id="r1",
+            task_id="t1",
+            annotation_id=app.store.scan("annotation_versions", "t1")[0][1]["annotation_id"],
+            version=1,
+            verdict=M.VERDICT_ACCEPT,
+        ),
+        metadata=rev.md,
+    )
+    assert n.version >= 0
+    assert refreshed() == {stage: 1}

@@ -316,6 +316,12 @@ def test_three_layers_with_a_dispute_end_to_end(crew: Crew) -> None:
         "expert_resolution": 0,
     }
 
+    # the peer rejection counts against ann; the QA rejection the expert overturned does not
+    from projections.queries import annotator_metrics
+
+    (ann_metrics,) = annotator_metrics(env.server.app.store, "p1", "ann")
+    assert (ann_metrics["rejected"], ann_metrics["accepted"]) == (1, 1)
+
     # 10. retries return the first outcome and append nothing
     head = crew.head()
     again = exp.reviews.ResolveDispute(
