@@ -589,6 +589,166 @@ def cmd_feedback(args: argparse.Namespace) -> int:
     return 0
 
 
+# ---------------------------------------------------------------------- gold and qualification
+
+
+def cmd_quality_policy(args: argparse.Namespace) -> int:
+    """Replace the project's quality policy (protobuf JSON of QualityPolicy); other settings stay."""
+    policy = model_pb2.QualityPolicy()
+    _read_message(args.file, policy)
+    with _client(args) as lw:
+        settings = model_pb2.ProjectSettings()
+        settings.CopyFrom(lw.get_project(args.project_id).settings)
+        settings.quality.CopyFrom(policy)
+        project = lw.update_project_settings(args.project_id, settings)
+    q = project.settings.quality
+    skills = ", ".join(x.skill for x in q.qualifications) or "-"
+    print(
+        f"{args.project_id}: gold rate {q.gold_rate:g}; suspend below {q.min_accuracy:g}"
+        f" (0: never); qualifications {skills}"
+    )
+    return 0
+
+
+def accuracy_record(report: api_pb2.AccuracyReport) -> dict[str, Any]:
+    out: dict[str, Any] = {
+        "person_id": report.person_id,
+        "project_id": report.project_id,
+        "results": report.results,
+        "passed": report.passed,
+        "accuracy": round(report.accuracy, 6),
+        "window": report.window,
+        "suspended": report.suspended,
+        "classes": {c.label: round(c.accuracy, 6) for c in report.classes},
+    }
+    if report.suspended:
+        out["reason"] = report.suspension.reason
+        out["retraining_skill"] = report.suspension.retraining_skill
+    if report.recent:
+        out["recent"] = [
+            {"task_id": r.task_id, "score": round(r.score, 6), "passed": r.passed} for r in report.recent
+        ]
+    return out
+
+
+def cmd_quality_accuracy(args: argparse.Namespace) -> int:
+    with _client(args) as lw:
+        if args.all:
+            reports = list(lw.list_accuracy(args.project_id).people)
+        else:
+            reports = [lw.get_accuracy(args.project_id, args.person)]
+    for report in reports:
+        sys.stdout.write(_json_line(accuracy_record(report)))
+    return 0
+
+
+def cmd_quality_suspended(args: argparse.Namespace) -> int:
+    with _client(args) as lw:
+        page = lw.list_suspensions(args.project_id)
+    print("person_id\taccuracy\tthreshold\tresults\tsince\tretraining\treason")
+    for x in page.suspensions:
+        print(
+            f"{x.person_id}\t{x.accuracy:.3f}\t{x.threshold:.3f}\t{x.results}\t{x.since.ToJsonString()}\t"
+            f"{x.retraining_skill or '-'}\t{x.reason}"
+        )
+    return 0
+
+
+def cmd_quality_reinstate(args: argparse.Namespace) -> int:
+    with _client(args) as lw:
+        report = lw.reinstate_person(args.project_id, args.person_id, args.reason)
+    sys.stdout.write(_json_line(accuracy_record(report)))
+    return 0
+
+
+def qualification_record(status: api_pb2.QualificationStatus) -> dict[str, Any]:
+    out: dict[str, Any] = {
+        "person_id": status.person_id,
+        "project_id": status.project_id,
+        "skill": status.skill,
+        "state": _enum_name(api_pb2.QualificationState, status.state, "QUALIFICATION_STATE_"),
+        "attempt": status.attempt,
+        "attempts_used": status.attempts_used,
+        "max_attempts": status.max_attempts,
+        "items_done": status.items_done,
+        "items_total": status.items_total,
+        "has_skill": status.has_skill,
+    }
+    if status.HasField("retry_after"):
+        out["retry_after"] = status.retry_after.ToJsonString()
+    if status.HasField("last"):
+        out["score"] = round(status.last.score, 6)
+        out["wrong"] = [item.task_id for item in status.last.items if not item.passed]
+    return out
+
+
+def cmd_quality_qualify(args: argparse.Namespace) -> int:
+    with _client(args) as lw:
+        status = lw.start_qualification(args.project_id, args.skill)
+    sys.stdout.write(_json_line(qualification_record(status)))
+    return 0
+
+
+def cmd_quality_qualification(args: argparse.Namespace) -> int:
+    with _client(args) as lw:
+        status = lw.get_qualification(args.project_id, args.skill, args.person)
+    sys.stdout.write(_json_line(qualification_record(status)))
+    return 0
+
+
+def _add_quality_commands(
+    parser: argparse.ArgumentParser, command: Callable[..., argparse.ArgumentParser], sub: Any, client: Any
+) -> None:
+    """`labelweave quality ...`: gold policy, accuracy, suspensions, qualifications."""
+    quality = command(
+        sub, "quality", _usage(parser, "quality"), "gold accuracy, suspensions and qualifications"
+    )
+    qsub = quality.add_subparsers(dest="quality_command", required=True, metavar="ACTION")
+    p = command(
+        qsub,
+        "policy",
+        cmd_quality_policy,
+        "set a project's quality policy (protobuf JSON of QualityPolicy: goldRate, minAccuracy,"
+        " qualifications, ...; docs/quality.md)",
+        parents=[client],
+    )
+    p.add_argument("project_id", metavar="PROJECT")
+    p.add_argument("file", metavar="FILE.json")
+    p = command(
+        qsub, "accuracy", cmd_quality_accuracy, "rolling gold accuracy, one JSON line each", parents=[client]
+    )
+    p.add_argument("project_id", metavar="PROJECT")
+    p.add_argument("--person", default="", help="whose (default: yours; others need manager or QA)")
+    p.add_argument("--all", action="store_true", help="everyone with gold results in the project")
+    p = command(qsub, "suspended", cmd_quality_suspended, "people suspended from a project", parents=[client])
+    p.add_argument("project_id", metavar="PROJECT")
+    p = command(
+        qsub, "reinstate", cmd_quality_reinstate, "end a person's suspension (managers)", parents=[client]
+    )
+    p.add_argument("project_id", metavar="PROJECT")
+    p.add_argument("person_id", metavar="PERSON")
+    p.add_argument("--reason", default="", help="recorded with the reinstatement")
+    p = command(
+        qsub,
+        "qualify",
+        cmd_quality_qualify,
+        "take a project's qualification for a skill (NextTask then serves its items)",
+        parents=[client],
+    )
+    p.add_argument("project_id", metavar="PROJECT")
+    p.add_argument("skill", metavar="SKILL")
+    p = command(
+        qsub,
+        "qualification",
+        cmd_quality_qualification,
+        "where a person stands with a qualification",
+        parents=[client],
+    )
+    p.add_argument("project_id", metavar="PROJECT")
+    p.add_argument("skill", metavar="SKILL")
+    p.add_argument("--person", default="", help="whose (default: yours)")
+
+
 # ---------------------------------------------------------------------- label streams
 
 
@@ -842,6 +1002,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--person", default="", help="whose feed (default: yours; others need manager)")
     p.add_argument("--project", default="", help="only this project")
     p.add_argument("--limit", type=int, default=0, help="at most this many items (0: all)")
+
+    _add_quality_commands(parser, command, sub, client)
 
     # import / export / subscribe
     p = command(

@@ -176,7 +176,7 @@ def _new_id(command_id: str | None) -> str:
 
 
 class LabelweaveClient:
-    """One channel, four stubs, bearer auth, deadlines and retries. Thread-safe (as gRPC channels are)."""
+    """One channel, five stubs, bearer auth, deadlines and retries. Thread-safe (as gRPC channels are)."""
 
     def __init__(
         self,
@@ -229,6 +229,7 @@ class LabelweaveClient:
         self._tasks = api_pb2_grpc.TaskServiceStub(channel)
         self._streams = api_pb2_grpc.LabelStreamServiceStub(channel)
         self._reviews = api_pb2_grpc.ReviewServiceStub(channel)
+        self._quality = api_pb2_grpc.QualityServiceStub(channel)
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -605,6 +606,43 @@ class LabelweaveClient:
             if not page.next_page_token:
                 return
             token = page.next_page_token
+
+    # ------------------------------------------------------------------ QualityService
+
+    def get_accuracy(self, project_id: str, person_id: str = "") -> api_pb2.AccuracyReport:
+        """Rolling gold accuracy of a person (default: the caller) in a project."""
+        req = api_pb2.GetAccuracyRequest(project_id=project_id, person_id=person_id)
+        return self._call(self._quality.GetAccuracy, req)
+
+    def list_accuracy(self, project_id: str) -> api_pb2.ListAccuracyResponse:
+        return self._call(self._quality.ListAccuracy, api_pb2.ListAccuracyRequest(project_id=project_id))
+
+    def list_suspensions(self, project_id: str) -> api_pb2.ListSuspensionsResponse:
+        req = api_pb2.ListSuspensionsRequest(project_id=project_id)
+        return self._call(self._quality.ListSuspensions, req)
+
+    def reinstate_person(
+        self, project_id: str, person_id: str, reason: str = "", *, command_id: str | None = None
+    ) -> api_pb2.AccuracyReport:
+        req = api_pb2.ReinstatePersonRequest(
+            command_id=_new_id(command_id), project_id=project_id, person_id=person_id, reason=reason
+        )
+        return self._call(self._quality.ReinstatePerson, req)
+
+    def start_qualification(
+        self, project_id: str, skill: str, *, command_id: str | None = None
+    ) -> api_pb2.QualificationStatus:
+        """Take a project's qualification for `skill`; NextTask then serves its items."""
+        req = api_pb2.StartQualificationRequest(
+            command_id=_new_id(command_id), project_id=project_id, skill=skill
+        )
+        return self._call(self._quality.StartQualification, req)
+
+    def get_qualification(
+        self, project_id: str, skill: str, person_id: str = ""
+    ) -> api_pb2.QualificationStatus:
+        req = api_pb2.GetQualificationRequest(project_id=project_id, skill=skill, person_id=person_id)
+        return self._call(self._quality.GetQualification, req)
 
     # ------------------------------------------------------------------ LabelStreamService
 

@@ -10,9 +10,10 @@ consistent with the log; lists and queues come from projections (eventually cons
 from __future__ import annotations
 
 import logging
+import secrets
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from datetime import datetime, timedelta
 from typing import TypeVar
 
@@ -25,7 +26,16 @@ from coordinator.auth import SYSTEM, Principal, TtlCache, expired, hash_token, n
 from coordinator.commandbus import Clock, CommandBus, Outcome, fingerprint
 from coordinator.domain import aggregates
 from coordinator.domain import commands as C
-from coordinator.domain.person import PersonState
+from coordinator.domain.gold import (
+    Scoring,
+    check_scoreable,
+    choose_items,
+    gold_order,
+    gold_turn,
+    qualification_of,
+    resolve_policy,
+)
+from coordinator.domain.person import AttemptState, PersonState, Standing
 from coordinator.domain.project import ProjectState
 from coordinator.domain.review import (
     DEFAULT_ACCURACY_WINDOW,
@@ -53,7 +63,7 @@ from coordinator.errors import (
 from coordinator.eventlog import codec
 from coordinator.eventlog.base import EventLog, Position, format_checkpoint, parse_checkpoint
 from coordinator.metrics import Metrics
-from projections import queries, review_queries
+from projections import gold_queries, queries, review_queries
 from projections.base import Doc, ProjectionStore
 
 log = logging.getLogger(__name__)
@@ -79,6 +89,7 @@ ANN_STATUS = {
     "rejected": api_pb2.ANNOTATION_STATUS_REJECTED,
     "abandoned": api_pb2.ANNOTATION_STATUS_ABANDONED,
     "superseded": api_pb2.ANNOTATION_STATUS_SUPERSEDED,
+    "scored": api_pb2.ANNOTATION_STATUS_SCORED,
 }
 MAX_IMPORT = 10_000
 MAX_PAGE = 500
@@ -101,7 +112,12 @@ FEEDBACK_KIND = {
     "accepted": api_pb2.FEEDBACK_KIND_ACCEPTED,
     "dispute_opened": api_pb2.FEEDBACK_KIND_DISPUTE_OPENED,
     "dispute_resolved": api_pb2.FEEDBACK_KIND_DISPUTE_RESOLVED,
+    "qualification": api_pb2.FEEDBACK_KIND_QUALIFICATION,
+    "suspended": api_pb2.FEEDBACK_KIND_SUSPENDED,
+    "reinstated": api_pb2.FEEDBACK_KIND_REINSTATED,
 }
+QUALITY_READERS = (R.ROLE_ADMIN, R.ROLE_MANAGER, R.ROLE_QA, R.ROLE_AUDITOR)
+"""Who may read other people's gold accuracy, suspensions and qualifications (in their projects)."""
 
 
 E = TypeVar("E", bound=Message)
@@ -190,10 +206,20 @@ class Service:
             return
         raise PermissionDenied(f"{who.person_id} is not a member of project {project.project_id}")
 
+    def _sees_gold(self, who: Principal, project: ProjectState) -> bool:
+        """Known answers (and which tasks are gold) are for admins, auditors and the project's
+        managers only; everyone else sees gold tasks as ordinary ones."""
+        return who.sees_everything or (who.has(R.ROLE_MANAGER) and who.person_id in project.members)
+
     def _may_see_task(self, who: Principal, task: TaskState, project: ProjectState) -> bool:
         """Raise unless the caller may see the task; True if it sees all of it, False if only
         its own part. Annotators see their own leases and annotations only, so work on a task
-        with overlap stays independent (nobody copies the first answer)."""
+        with overlap stays independent (nobody copies the first answer). Gold tasks: only those
+        who may see the known answer see all of it."""
+        if task.gold is not None and not self._sees_gold(who, project):
+            if who.person_id in project.members and _works_on(task, who.person_id):
+                return False
+            raise PermissionDenied(f"task {task.task_id} is not leased to or annotated by {who.person_id}")
         if who.sees_everything:
             return True
         if who.has(R.ROLE_MANAGER, R.ROLE_REVIEWER, R.ROLE_QA, R.ROLE_EXPERT, R.ROLE_ML_CLIENT) and (
@@ -229,7 +255,8 @@ class Service:
 
     # ------------------------------------------------------------------ projects
 
-    def project_view(self, state: ProjectState) -> api_pb2.Project:
+    def project_view(self, state: ProjectState, who: Principal | None = None) -> api_pb2.Project:
+        """`who` given: the view for that caller (the gold mix seed only for who sees gold)."""
         out = api_pb2.Project(
             project_id=state.project_id,
             name=state.name,
@@ -242,6 +269,23 @@ class Service:
             out.label_schema.CopyFrom(state.label_schema)
         if state.guideline is not None:
             out.guideline.CopyFrom(state.guideline)
+        if who is not None and out.settings.HasField("quality") and not self._sees_gold(who, state):
+            out.settings.quality.ClearField("seed")  # with it, anyone could tell gold turns ahead
+        return out
+
+    @staticmethod
+    def _seeded(
+        settings: model_pb2.ProjectSettings, current: ProjectState | None
+    ) -> model_pb2.ProjectSettings:
+        """Settings whose quality policy has a secret seed: the given one, the project's current
+        one, or a new random one (recorded in the event, so replays and retries keep it). The
+        project id, the default, is no secret, and the seed decides which leases are gold."""
+        if not settings.HasField("quality") or settings.quality.seed:
+            return settings
+        out = model_pb2.ProjectSettings()
+        out.CopyFrom(settings)
+        kept = current.settings.quality.seed if current is not None else ""
+        out.quality.seed = kept or secrets.token_hex(16)
         return out
 
     def _project_mutation(
@@ -259,7 +303,7 @@ class Service:
         if prior is None:
             outcome = self._exec(
                 who,
-                C.CreateProject(req.project_id, req.name, req.description, req.settings),
+                C.CreateProject(req.project_id, req.name, req.description, self._seeded(req.settings, None)),
                 req.command_id,
                 fp,
                 prior_checked=True,
@@ -278,7 +322,7 @@ class Service:
         who.require(EVERYONE, "GetProject")
         project = self._project(req.project_id)
         self._member_or_admin(who, project)
-        return self.project_view(project)
+        return self.project_view(project, who)
 
     def list_projects(self, who: Principal, req: api_pb2.ListProjectsRequest) -> api_pb2.ListProjectsResponse:
         who.require(EVERYONE, "ListProjects")
@@ -290,7 +334,7 @@ class Service:
         out = api_pb2.ListProjectsResponse()
         for pid in ids:
             try:
-                out.projects.append(self.project_view(self._project(pid)))
+                out.projects.append(self.project_view(self._project(pid), who))
             except NotFound:
                 continue
         return out
@@ -304,12 +348,12 @@ class Service:
     def update_project_settings(
         self, who: Principal, req: api_pb2.UpdateProjectSettingsRequest
     ) -> api_pb2.Project:
-        self._managed_project(who, req.project_id, "UpdateProjectSettings")
+        project = self._managed_project(who, req.project_id, "UpdateProjectSettings")
         return self._project_mutation(
             who,
             "UpdateProjectSettings",
             req,
-            C.UpdateProjectSettings(req.project_id, req.settings),
+            C.UpdateProjectSettings(req.project_id, self._seeded(req.settings, project)),
             req.command_id,
         )
 
@@ -441,8 +485,11 @@ class Service:
 
     # ------------------------------------------------------------------ tasks: views
 
-    def task_view(self, task: TaskState, position: str = "", *, only: str = "") -> api_pb2.Task:
-        """The API view of a task; `only` limits leases and annotations to that person's."""
+    def task_view(
+        self, task: TaskState, position: str = "", *, only: str = "", gold_answer: bool = False
+    ) -> api_pb2.Task:
+        """The API view of a task; `only` limits leases and annotations to that person's (and
+        shows a gold task as an ordinary one); `gold_answer` adds a gold task's known answer."""
         out = api_pb2.Task(
             task_id=task.task_id,
             project_id=task.project_id,
@@ -482,13 +529,53 @@ class Service:
             out.annotations.append(summary)
         if task.prelabel is not None:
             out.prelabel.CopyFrom(task.prelabel)
+        if task.gold is not None:
+            if gold_answer:
+                out.spec.gold.CopyFrom(task.gold.spec())
+            if only:
+                self._disguise(out, task, only)
         return out
+
+    def _first_stage(self, project_id: str) -> str:
+        """Where the project's ordinary work waits after submission ("" : no review)."""
+        project = self._project(project_id)
+        pipeline = resolve_pipeline(project_id, project.settings)
+        index = next_stage(pipeline, 0)
+        return stage_name(pipeline.stages[index]) if index >= 0 else ""
+
+    def _disguise(self, out: api_pb2.Task, task: TaskState, person_id: str) -> None:
+        """Show a gold task to one of its annotators as an ordinary task with one slot would look:
+        their answer waits for review (or is accepted where the project does not review)."""
+        stage = self._first_stage(task.project_id)
+        answered = False
+        for summary in out.annotations:
+            if summary.status == api_pb2.ANNOTATION_STATUS_SCORED:
+                answered = True
+                summary.status = (
+                    api_pb2.ANNOTATION_STATUS_SUBMITTED if stage else api_pb2.ANNOTATION_STATUS_ACCEPTED
+                )
+                summary.stage = stage
+        if any(lease.person_id == person_id for lease in task.leases.values()):
+            out.status = api_pb2.TASK_STATUS_IN_PROGRESS
+        elif answered:
+            out.status = api_pb2.TASK_STATUS_IN_REVIEW if stage else api_pb2.TASK_STATUS_DONE
+        else:
+            out.status = api_pb2.TASK_STATUS_QUEUED
+
+    def _view_for(self, who: Principal, task: TaskState, position: str = "") -> api_pb2.Task:
+        """The view of a task its caller may see (a gold task: disguised unless privileged)."""
+        if task.gold is None:
+            return self.task_view(task, position)
+        project = self._project(task.project_id)
+        if self._sees_gold(who, project):
+            return self.task_view(task, position, gold_answer=True)
+        return self.task_view(task, position, only=who.person_id)
 
     def get_task(self, who: Principal, req: api_pb2.GetTaskRequest) -> api_pb2.Task:
         who.require(EVERYONE, "GetTask")
         task = self._task(req.task_id)
         full = self._may_see_task(who, task, self._project(task.project_id))
-        return self.task_view(task, only="" if full else who.person_id)
+        return self.task_view(task, only="" if full else who.person_id, gold_answer=full)
 
     def list_tasks(self, who: Principal, req: api_pb2.ListTasksRequest) -> api_pb2.ListTasksResponse:
         who.require(READ_ALL, "ListTasks")
@@ -540,6 +627,8 @@ class Service:
                 )
             seen.add(spec.task_id)
             validate_task_spec(spec, schema=project.label_schema, field=f"tasks[{i}]")
+            if spec.HasField("gold"):
+                self._check_gold(project, spec, f"tasks[{i}]")
             specs.append(spec)
         for i, spec in enumerate(specs):
             if (
@@ -551,7 +640,9 @@ class Service:
         policy = R.REVIEW_POLICY_FULL if next_stage(pipeline, 0) >= 0 else R.REVIEW_POLICY_NONE
         cmds: list[tuple[aggregates.Command, str]] = [
             (
-                C.ImportTask(
+                _gold_import(req.project_id, batch_id, spec, project.settings.lease_seconds)
+                if spec.HasField("gold")
+                else C.ImportTask(
                     req.project_id,
                     batch_id,
                     spec,
@@ -567,7 +658,7 @@ class Service:
         out = api_pb2.ImportTasksResponse()
         last: Position | None = None
         for (cmd, _), result in zip(cmds, results, strict=True):
-            assert isinstance(cmd, C.ImportTask)
+            assert isinstance(cmd, C.ImportTask | C.ImportGoldTask)
             if isinstance(result, LabelweaveError):
                 raise result
             out.task_ids.append(cmd.spec.task_id)
@@ -576,6 +667,40 @@ class Service:
                 last = pos if last is None or pos > last else last
         out.position = str(last) if last else ""
         return out
+
+    def _check_gold(self, project: ProjectState, spec: model_pb2.TaskSpec, field: str) -> None:
+        """A known answer must be valid for the task and scoreable; a training item must belong
+        to one of the project's qualifications."""
+        gold = spec.gold
+        if project.label_schema is None:
+            raise FailedPrecondition(
+                "gold tasks need the project's label schema first (known answers are checked against it)",
+                field="project_id",
+            )
+        validate_annotation(
+            gold.answer,
+            schema=project.label_schema,
+            media_type=spec.media_type,
+            media=spec.media,
+            field=f"{field}.gold.answer",
+        )
+        check_scoreable(gold.answer, f"{field}.gold.answer")
+        if gold.training:
+            if not gold.skill:
+                raise InvalidArgument(
+                    "a training item names the skill of its qualification", field=f"{field}.gold.skill"
+                )
+            if qualification_of(project.settings.quality, gold.skill) is None:
+                known = ", ".join(q.skill for q in project.settings.quality.qualifications) or "none"
+                raise InvalidArgument(
+                    f"project {project.project_id} has no qualification for {gold.skill!r}"
+                    f" (qualifications: {known})",
+                    field=f"{field}.gold.skill",
+                )
+        elif gold.skill:
+            raise InvalidArgument(
+                "only training items name a qualification skill", field=f"{field}.gold.skill"
+            )
 
     def ingest_prelabel(self, who: Principal, req: api_pb2.IngestPrelabelRequest) -> api_pb2.Task:
         who.require((R.ROLE_ADMIN, R.ROLE_MANAGER, R.ROLE_ML_CLIENT), "IngestPrelabel")
@@ -600,7 +725,7 @@ class Service:
                 fp,
                 prior_checked=True,
             )
-        return self.task_view(self._task(req.task_id))
+        return self._view_for(who, self._task(req.task_id))
 
     # ------------------------------------------------------------------ tasks: work
 
@@ -609,8 +734,10 @@ class Service:
         assert isinstance(leased, events_pb2.TaskLeased)
         task = self._task(leased.task_id)
         project = schema_of or self._project(task.project_id)
+        # a gold task looks like an ordinary one with one slot: the caller's lease only
+        only = leased.person_id if task.gold is not None else ""
         out = api_pb2.NextTaskResponse(
-            task=self.task_view(task, outcome.position),
+            task=self.task_view(task, outcome.position, only=only),
             lease=api_pb2.Lease(
                 lease_id=leased.lease_id, person_id=leased.person_id, expires_at=leased.expires_at
             ),
@@ -633,14 +760,127 @@ class Service:
             project_ids = [req.project_id]
         else:
             project_ids = queries.projects_of(self.store, who.person_id)
+        person = self._fresh_person(who.person_id)
+        refused: list[str] = []
         for pid in project_ids:
             project = self._project(pid)
             if project.label_schema is None or who.person_id not in project.members:
                 continue
-            outcome = self._lease_first(who, pid, req.command_id, fp)
+            standing = person.standing(pid)
+            taking = standing.open_attempt()
+            if taking is not None:  # a qualification in progress: its items come first
+                outcome = self._lease_training(who, pid, taking[1], req.command_id, fp)
+                if outcome is not None:
+                    return self._leased(outcome, project)
+                continue
+            if standing.suspension is not None:
+                why = _suspended_message(who.person_id, pid, standing)
+                if req.project_id:
+                    raise FailedPrecondition(why, field="project_id")
+                refused.append(why)
+                continue
+            outcome = self._lease_next(who, project, standing, req.command_id, fp)
             if outcome is not None:
                 return self._leased(outcome, project)
+        if refused:
+            raise FailedPrecondition("; ".join(refused), field="project_id")
         return api_pb2.NextTaskResponse()
+
+    def _fresh_person(self, person_id: str) -> PersonState:
+        """The person as the log says now (suspensions may come from another process)."""
+        _, state = self.bus.load(f"person:{person_id}")
+        if not isinstance(state, PersonState):
+            raise NotFound(f"no person {person_id!r}", field="person_id")
+        return state
+
+    def _shift_left(self, person_id: str, now: datetime) -> float | None:
+        """Seconds left of the person's current shift (None: no schedule; <= 0: off shift)."""
+        person = self._person(person_id)
+        schedule = schedule_from_spec(person.spec.time_zone, person.spec.schedule)
+        return None if schedule is None else shift_remaining(schedule, now).total_seconds()
+
+    def _lease_next(
+        self, who: Principal, project: ProjectState, standing: Standing, command_id: str, fp: str
+    ) -> Outcome | None:
+        """The gold mix: the person's lease number n in the project is a gold one when
+        `gold_turn(seed, project, person, n, rate)`; then the first gold task they have not
+        answered (in their own hash order) is leased, else (and otherwise) the queue's best.
+        n is the person's lease count from the metrics projection, which the service waits for
+        after each lease in a project with gold, so consecutive calls see it move on."""
+        pid = project.project_id
+        policy = resolve_policy(pid, project.settings.quality)
+        if policy.gold_rate <= 0:
+            return self._lease_first(who, pid, command_id, fp)
+        leased = int(queries.annotator_metrics(self.store, pid, who.person_id)[0].get("leased", 0))
+        outcome: Outcome | None = None
+        if gold_turn(policy.seed, pid, who.person_id, leased, policy.gold_rate):
+            outcome = self._lease_gold(who, pid, policy.seed, standing, command_id, fp)
+        if outcome is None:
+            outcome = self._lease_first(who, pid, command_id, fp)
+        if outcome is not None:
+            self._settle(outcome)
+        return outcome
+
+    def _lease_gold(
+        self, who: Principal, project_id: str, seed: str, standing: Standing, command_id: str, fp: str
+    ) -> Outcome | None:
+        now = self.clock()
+        left = self._shift_left(who.person_id, now)
+        if left is not None and left <= 0:
+            return None
+        candidates = [
+            doc
+            for doc in gold_queries.gold_tasks(self.store, project_id)
+            if doc["task_id"] not in standing.answered
+            and set(doc["required_skills"]) <= who.skills
+            and (left is None or int(doc["expected_seconds"]) <= left)
+        ]
+        candidates.sort(key=lambda doc: (gold_order(seed, who.person_id, doc["task_id"]), doc["task_id"]))
+        return self._lease_one(
+            who,
+            [doc["task_id"] for doc in candidates[:64]],
+            command_id,
+            fp,
+            lambda task_id: C.LeaseTask(
+                task_id, codec.uuid7(), who.person_id, who.skills, now, serve_gold=True
+            ),
+        )
+
+    def _lease_training(
+        self, who: Principal, project_id: str, attempt: AttemptState, command_id: str, fp: str
+    ) -> Outcome | None:
+        now = self.clock()
+        left = self._shift_left(who.person_id, now)
+        if left is not None and left <= 0:
+            return None
+        return self._lease_one(
+            who,
+            list(attempt.pending),
+            command_id,
+            fp,
+            lambda task_id: C.LeaseTask(
+                task_id, codec.uuid7(), who.person_id, who.skills, now, attempt=attempt.number
+            ),
+        )
+
+    def _lease_one(
+        self,
+        who: Principal,
+        task_ids: list[str],
+        command_id: str,
+        fp: str,
+        lease: Callable[[str], C.LeaseTask],
+    ) -> Outcome | None:
+        """Lease the first of `task_ids` the domain allows (a refusal moves on)."""
+        cid = command_id or codec.uuid7()
+        for task_id in task_ids:
+            try:
+                return self.bus.execute(
+                    lease(task_id), actor=self._actor(who), command_id=cid, fingerprint=fp, prior_checked=True
+                )
+            except (FailedPrecondition, NotFound, PermissionDenied):
+                continue
+        return None
 
     def _lease_first(self, who: Principal, project_id: str, command_id: str, fp: str) -> Outcome | None:
         """Lease the best candidate from the (eventually consistent) queue projection.
@@ -709,7 +949,7 @@ class Service:
             req.command_id,
             _request_fingerprint("ReleaseTask", req),
         )
-        return self.task_view(self._task(req.task_id))
+        return self._view_for(who, self._task(req.task_id))
 
     def _validate_for_task(
         self, task: TaskState, annotation: annotation_pb2.Annotation, field: str
@@ -742,6 +982,12 @@ class Service:
             if lease is None and not req.lease_id:
                 raise InvalidArgument("required", field="lease_id")
             project, ann = self._validate_for_task(task, req.annotation, "annotation")
+            scoring: Scoring | None = None
+            if task.gold is not None:
+                policy = resolve_policy(project.project_id, project.settings.quality)
+                scoring = Scoring(
+                    policy.iou_threshold, policy.oks_threshold, policy.pass_score, project.label_schema
+                )
             prior = self._exec(
                 who,
                 C.SubmitAnnotation(
@@ -755,15 +1001,46 @@ class Service:
                     req.time_on_task_ms,
                     self.clock(),
                     self._author_record(task, who.person_id),
+                    scoring=scoring,
                 ),
                 req.command_id,
                 fp,
                 prior_checked=True,
             )
+        # also on a retry: a crash between the two appends is healed by the client's retry
+        self._record_gold(prior)
         submitted = _event_of(prior, events_pb2.AnnotationSubmitted)
         return api_pb2.SubmitResponse(
             annotation_id=submitted.annotation_id, version=submitted.version, position=prior.position
         )
+
+    def _record_gold(self, outcome: Outcome) -> None:
+        """Enter every scored gold answer of `outcome` into its author's record: a command on the
+        person's stream with an id derived from the GoldScored event, so it runs once however
+        often it is sent. The person aggregate decides the suspension rule (or the
+        qualification attempt's outcome) against the results before it, in stream order."""
+        for ev in outcome.events:
+            env = ev.envelope
+            if env.type != "gold_scored":
+                continue
+            scored = env.gold_scored
+            project = self._project(scored.project_id)
+            try:
+                result = self.bus.execute(
+                    C.RecordGoldResult(
+                        scored.person_id, scored, env.event_id, project.settings.quality, self.clock()
+                    ),
+                    actor=self._actor(SYSTEM),
+                    command_id=f"gold/{env.event_id}",
+                    correlation_id=env.correlation_id,
+                    causation_id=env.event_id,
+                )
+            except (AlreadyExists, FailedPrecondition) as exc:
+                # e.g. a late answer of an attempt that is over: the task keeps its score
+                log.info("gold result %s not recorded for %s: %s", env.event_id, scored.person_id, exc)
+                continue
+            if result.first(events_pb2.SkillGranted) is not None:
+                self._principals.clear()  # routing uses the new skill at once
 
     def edit_annotation(self, who: Principal, req: api_pb2.EditAnnotationRequest) -> api_pb2.SubmitResponse:
         who.require(ANNOTATE, "EditAnnotation")
@@ -1038,6 +1315,8 @@ class Service:
         who.require(EVERYONE, "GetReviewState")
         task = self._task(req.task_id)
         full = self._may_see_task(who, task, self._project(task.project_id))
+        if task.gold is not None and not full:
+            return self._disguised_review_state(task, who.person_id)
         out = api_pb2.ReviewState(
             task_id=task.task_id,
             project_id=task.project_id,
@@ -1082,6 +1361,31 @@ class Service:
             out.annotations.append(view)
         return out
 
+    def _disguised_review_state(self, task: TaskState, person_id: str) -> api_pb2.ReviewState:
+        """A gold task's review state as one of its annotators sees it: their answer waiting at
+        the project's first stage (accepted where the project does not review)."""
+        project = self._project(task.project_id)
+        pipeline = resolve_pipeline(task.project_id, project.settings)
+        first = self._first_stage(task.project_id)
+        out = api_pb2.ReviewState(
+            task_id=task.task_id, project_id=task.project_id, stages=[stage_name(s) for s in pipeline.stages]
+        )
+        for a in task.annotations.values():
+            if a.author_id != person_id:
+                continue
+            out.annotations.append(
+                api_pb2.AnnotationReview(
+                    annotation_id=a.annotation_id,
+                    author_id=a.author_id,
+                    version=a.version,
+                    status=api_pb2.ANNOTATION_STATUS_SUBMITTED
+                    if first
+                    else api_pb2.ANNOTATION_STATUS_ACCEPTED,
+                    pending_stage=first,
+                )
+            )
+        return out
+
     def list_feedback(self, who: Principal, req: api_pb2.ListFeedbackRequest) -> api_pb2.ListFeedbackResponse:
         who.require(EVERYONE, "ListFeedback")
         person_id = req.person_id or who.person_id
@@ -1093,16 +1397,26 @@ class Service:
         if req.project_id:
             self._member_or_admin(who, self._project(req.project_id))
             scope = frozenset({req.project_id})
-        rows, token = review_queries.feedback(
-            self.store,
-            person_id,
-            limit=min(req.limit or 50, MAX_PAGE),
-            page_token=req.page_token,
-            project_ids=scope,
+        limit = min(req.limit or 50, MAX_PAGE)
+        # two feeds with one cursor format: verdicts on work (review view) and qualification
+        # results and suspensions (gold view), merged newest first
+        rows, token = gold_queries.merge_pages(
+            [
+                review_queries.feedback(
+                    self.store, person_id, limit=limit, page_token=req.page_token, project_ids=scope
+                ),
+                gold_queries.quality_feed(
+                    self.store, person_id, limit=limit, page_token=req.page_token, project_ids=scope
+                ),
+            ],
+            limit,
         )
         projects: dict[str, ProjectState | None] = {}
         out = api_pb2.ListFeedbackResponse(next_page_token=token)
         for cursor, row in rows:
+            if "event" in row:
+                out.items.append(_quality_item(cursor, row))
+                continue
             pid = row["project_id"]
             if pid not in projects:
                 try:
@@ -1134,6 +1448,245 @@ class Service:
             out.items.append(item)
         return out
 
+    # ------------------------------------------------------------------ gold and qualification
+
+    def _quality_scope(self, who: Principal, project_id: str, person_id: str, what: str) -> ProjectState:
+        """Yourself in a project of yours; other people: admins and auditors, or the project's
+        managers and QA."""
+        project = self._project(project_id)
+        self._member_or_admin(who, project)
+        if person_id != who.person_id:
+            who.require(QUALITY_READERS, f"{what} of other people")
+        return project
+
+    def _reads_quality(self, who: Principal, project: ProjectState) -> bool:
+        """Whether the caller may see which tasks were gold (the recent results)."""
+        return who.sees_everything or (
+            who.has(R.ROLE_MANAGER, R.ROLE_QA) and who.person_id in project.members
+        )
+
+    def _accuracy_report(
+        self, project: ProjectState, person_id: str, *, recent: bool
+    ) -> api_pb2.AccuracyReport:
+        """The person's standing as the log says (their aggregate: window, suspension) plus the
+        per-class figures and times from the gold view."""
+        pid = project.project_id
+        policy = resolve_policy(pid, project.settings.quality)
+        standing = self._person(person_id).standing(pid)
+        window = standing.window
+        out = api_pb2.AccuracyReport(
+            person_id=person_id,
+            project_id=pid,
+            window=policy.window,
+            results=len(window),
+            passed=sum(e.passed for e in window),
+            accuracy=standing.accuracy,
+            mean_score=sum(e.score for e in window) / len(window) if window else 0.0,
+            suspended=standing.suspension is not None,
+            min_accuracy=policy.min_accuracy,
+            min_results=policy.min_results,
+            total_results=standing.total,
+        )
+        doc = gold_queries.accuracy(self.store, pid, person_id) or {}
+        for figures in gold_queries.class_figures(doc):
+            out.classes.append(
+                api_pb2.ClassAccuracy(
+                    label=figures.label,
+                    matched=figures.matched,
+                    missed=figures.missed,
+                    extra=figures.extra,
+                    accuracy=figures.accuracy,
+                    results=figures.results,
+                )
+            )
+        suspension = standing.suspension
+        if suspension is not None:
+            out.suspension.CopyFrom(
+                api_pb2.Suspension(
+                    person_id=person_id,
+                    project_id=pid,
+                    reason=suspension.reason,
+                    accuracy=suspension.accuracy,
+                    threshold=suspension.threshold,
+                    results=suspension.results,
+                    retraining_skill=suspension.retraining_skill,
+                    position=str(doc.get("suspension", {}).get("position", "")),
+                )
+            )
+            since = doc.get("suspension", {}).get("since_ms")
+            if since:
+                out.suspension.since.FromMilliseconds(int(since))
+        if recent:
+            for row in gold_queries.recent_results(self.store, pid, person_id, policy.window):
+                if row["purpose"] != R.GOLD_PURPOSE_GOLD:
+                    continue
+                result = api_pb2.GoldResult(
+                    task_id=row["task_id"],
+                    annotation_id=row["annotation_id"],
+                    score=row["score"],
+                    passed=row["passed"],
+                    event_id=row["event_id"],
+                )
+                for label, (matched, missed, extra) in sorted(row["classes"].items()):
+                    result.classes.append(
+                        model_pb2.ClassScore(label=label, matched=matched, missed=missed, extra=extra)
+                    )
+                result.at.FromMilliseconds(row["at_ms"])
+                out.recent.append(result)
+        return out
+
+    def get_accuracy(self, who: Principal, req: api_pb2.GetAccuracyRequest) -> api_pb2.AccuracyReport:
+        who.require(EVERYONE, "GetAccuracy")
+        person_id = req.person_id or who.person_id
+        project = self._quality_scope(who, req.project_id, person_id, "GetAccuracy")
+        return self._accuracy_report(project, person_id, recent=self._reads_quality(who, project))
+
+    def list_accuracy(self, who: Principal, req: api_pb2.ListAccuracyRequest) -> api_pb2.ListAccuracyResponse:
+        who.require(QUALITY_READERS, "ListAccuracy")
+        project = self._project(req.project_id)
+        self._member_or_admin(who, project)
+        out = api_pb2.ListAccuracyResponse()
+        for doc in gold_queries.accuracy_of_project(self.store, req.project_id):
+            try:
+                out.people.append(self._accuracy_report(project, doc["person_id"], recent=False))
+            except NotFound:
+                continue
+        return out
+
+    def list_suspensions(
+        self, who: Principal, req: api_pb2.ListSuspensionsRequest
+    ) -> api_pb2.ListSuspensionsResponse:
+        who.require(QUALITY_READERS, "ListSuspensions")
+        project = self._project(req.project_id)
+        self._member_or_admin(who, project)
+        out = api_pb2.ListSuspensionsResponse()
+        for person_id, doc in gold_queries.suspensions(self.store, req.project_id):
+            item = api_pb2.Suspension(
+                person_id=person_id,
+                project_id=req.project_id,
+                reason=doc["reason"],
+                accuracy=doc["accuracy"],
+                threshold=doc["threshold"],
+                results=doc["results"],
+                retraining_skill=doc.get("retraining_skill", ""),
+                position=doc["position"],
+            )
+            item.since.FromMilliseconds(int(doc["since_ms"]))
+            out.suspensions.append(item)
+        return out
+
+    def reinstate_person(self, who: Principal, req: api_pb2.ReinstatePersonRequest) -> api_pb2.AccuracyReport:
+        project = self._managed_project(who, req.project_id, "ReinstatePerson")
+        fp = _request_fingerprint("ReinstatePerson", req)
+        prior = self.bus.prior(req.command_id, fp)
+        if prior is None:
+            if not req.person_id:
+                raise InvalidArgument("required", field="person_id")
+            self._person(req.person_id)
+            prior = self._exec(
+                who,
+                C.ReinstatePerson(req.person_id, req.project_id, who.person_id, req.reason),
+                req.command_id,
+                fp,
+                prior_checked=True,
+            )
+        reinstated = _event_of(prior, events_pb2.PersonReinstated)
+        self._settle(prior)
+        return self._accuracy_report(project, reinstated.person_id, recent=True)
+
+    def start_qualification(
+        self, who: Principal, req: api_pb2.StartQualificationRequest
+    ) -> api_pb2.QualificationStatus:
+        who.require(ANNOTATE, "StartQualification")
+        fp = _request_fingerprint("StartQualification", req)
+        prior = self.bus.prior(req.command_id, fp)
+        if prior is None:
+            project = self._project(req.project_id)
+            if who.person_id not in project.members:
+                raise PermissionDenied(f"{who.person_id} is not a member of project {req.project_id}")
+            if not req.skill:
+                raise InvalidArgument("required", field="skill")
+            qualification = qualification_of(project.settings.quality, req.skill)
+            if qualification is None:
+                known = ", ".join(q.skill for q in project.settings.quality.qualifications) or "none"
+                raise InvalidArgument(
+                    f"project {req.project_id} has no qualification for {req.skill!r}"
+                    f" (qualifications: {known})",
+                    field="skill",
+                )
+            person = self._fresh_person(who.person_id)
+            attempt = person.standing(req.project_id).qualification(req.skill).last_attempt + 1
+            policy = resolve_policy(req.project_id, project.settings.quality)
+            items = [  # items the person could not lease would keep the attempt open for ever
+                doc["task_id"]
+                for doc in gold_queries.training_tasks(self.store, req.project_id, req.skill)
+                if set(doc["required_skills"]) <= who.skills
+            ]
+            chosen = choose_items(policy.seed, who.person_id, attempt, items, qualification.items)
+            prior = self._exec(
+                who,
+                C.StartQualification(
+                    who.person_id, req.project_id, req.skill, qualification, tuple(chosen), self.clock()
+                ),
+                req.command_id,
+                fp,
+                prior_checked=True,
+            )
+        started = _event_of(prior, events_pb2.QualificationStarted)
+        return self._qualification_status(
+            started.project_id, started.person_id, started.skill, prior.position
+        )
+
+    def get_qualification(
+        self, who: Principal, req: api_pb2.GetQualificationRequest
+    ) -> api_pb2.QualificationStatus:
+        who.require(EVERYONE, "GetQualification")
+        person_id = req.person_id or who.person_id
+        self._quality_scope(who, req.project_id, person_id, "GetQualification")
+        if not req.skill:
+            raise InvalidArgument("required", field="skill")
+        return self._qualification_status(req.project_id, person_id, req.skill)
+
+    def _qualification_status(
+        self, project_id: str, person_id: str, skill: str, position: str = ""
+    ) -> api_pb2.QualificationStatus:
+        project = self._project(project_id)
+        person = self._person(person_id)
+        qs = person.standing(project_id).qualification(skill)
+        configured = qualification_of(project.settings.quality, skill)
+        if configured is None and not qs.last_attempt:
+            raise InvalidArgument(f"project {project_id} has no qualification for {skill!r}", field="skill")
+        max_attempts = configured.max_attempts if configured is not None else qs.max_attempts
+        out = api_pb2.QualificationStatus(
+            person_id=person_id,
+            project_id=project_id,
+            skill=skill,
+            attempt=qs.last_attempt,
+            attempts_used=qs.attempts,
+            max_attempts=max_attempts,
+            has_skill=skill in person.skills,
+            position=position,
+        )
+        if qs.open is not None:
+            out.state = api_pb2.QUALIFICATION_STATE_IN_PROGRESS
+            out.items_total = len(qs.open.items)
+            out.items_done = len(qs.open.results)
+        elif qs.last is None or qs.last.attempt != qs.last_attempt:
+            out.state = api_pb2.QUALIFICATION_STATE_NOT_STARTED
+        elif qs.last.passed:
+            out.state = api_pb2.QUALIFICATION_STATE_PASSED
+        elif qs.attempts >= max_attempts:
+            out.state = api_pb2.QUALIFICATION_STATE_EXHAUSTED
+        else:
+            out.state = api_pb2.QUALIFICATION_STATE_FAILED
+        if qs.last is not None:
+            out.last.CopyFrom(qs.last)
+            if qs.open is None:
+                out.items_total = out.items_done = len(qs.last.items)
+        if qs.retry_after is not None and qs.open is None:
+            out.retry_after.CopyFrom(codec.timestamp(qs.retry_after))
+        return out
+
     # ------------------------------------------------------------------ history and metrics
 
     def history(self, who: Principal, req: api_pb2.HistoryRequest) -> api_pb2.HistoryResponse:
@@ -1156,11 +1709,47 @@ class Service:
             evolved = aggregates.evolve(state, payload)
             assert isinstance(evolved, TaskState)
             state = evolved
+            if task.gold is not None and not full:
+                # a gold task, to one of its annotators: an ordinary import, no scores
+                envelope = self._disguised(ev.envelope, task)
+                if envelope is not None and _concerns(envelope, payload, who.person_id, mine):
+                    out.entries.append(api_pb2.HistoryEntry(position=str(ev.position), event=envelope))
+                continue
             if full or _concerns(ev.envelope, payload, who.person_id, mine):
                 out.entries.append(api_pb2.HistoryEntry(position=str(ev.position), event=ev.envelope))
         if state is not None:
             last = out.entries[-1].position if out.entries else ""
-            out.task.CopyFrom(self.task_view(state, last, only="" if full else who.person_id))
+            out.task.CopyFrom(
+                self.task_view(state, last, only="" if full else who.person_id, gold_answer=full)
+            )
+        return out
+
+    def _disguised(
+        self, envelope: events_pb2.EventEnvelope, task: TaskState
+    ) -> events_pb2.EventEnvelope | None:
+        """An event of a gold task as its annotators may see it: the import as an ordinary
+        `task_imported` (no known answer), scores dropped, everything else as it is."""
+        if envelope.type == "gold_scored":
+            return None
+        if envelope.type != "gold_task_imported":
+            return envelope
+        gold = envelope.gold_task_imported
+        project = self._project(task.project_id)
+        pipeline = resolve_pipeline(task.project_id, project.settings)
+        out = events_pb2.EventEnvelope()
+        out.CopyFrom(envelope)
+        out.ClearField("gold_task_imported")
+        out.type = "task_imported"
+        out.task_imported.CopyFrom(
+            events_pb2.TaskImported(
+                project_id=gold.project_id,
+                batch_id=gold.batch_id,
+                task=gold.task,
+                review_policy=R.REVIEW_POLICY_FULL if next_stage(pipeline, 0) >= 0 else R.REVIEW_POLICY_NONE,
+                lease_seconds=gold.lease_seconds,
+                pipeline=pipeline,
+            )
+        )
         return out
 
     def get_metrics(self, who: Principal, req: api_pb2.GetMetricsRequest) -> api_pb2.GetMetricsResponse:
@@ -1331,6 +1920,59 @@ def _dispute_of(doc: Doc) -> api_pb2.Dispute:
     if doc["resolved_ms"]:
         out.resolved_at.FromMilliseconds(doc["resolved_ms"])
     return out
+
+
+def _quality_item(cursor: str, row: Doc) -> api_pb2.FeedbackItem:
+    """A quality feed row (`projections.views.gold`) as a feedback item."""
+    kind = row["kind"]
+    item = api_pb2.FeedbackItem(
+        cursor=cursor,
+        kind=FEEDBACK_KIND.get(kind, api_pb2.FEEDBACK_KIND_UNSPECIFIED),
+        project_id=row["project_id"],
+        position=row["position"],
+        event_id=row["event_id"],
+    )
+    item.at.FromMilliseconds(row["at_ms"])
+    if kind == "qualification":
+        json_format.ParseDict(row["event"], item.qualification, ignore_unknown_fields=True)
+    elif kind == "suspended":
+        json_format.ParseDict(row["event"], item.suspension, ignore_unknown_fields=True)
+        if "retraining" in row:
+            json_format.ParseDict(row["retraining"], item.retraining, ignore_unknown_fields=True)
+    elif kind == "reinstated":
+        json_format.ParseDict(row["event"], item.reinstatement, ignore_unknown_fields=True)
+        item.from_person_id = item.reinstatement.reinstated_by
+    return item
+
+
+def _suspended_message(person_id: str, project_id: str, standing: Standing) -> str:
+    suspension = standing.suspension
+    assert suspension is not None
+    skill = suspension.retraining_skill
+    then = (
+        f"pass the {skill!r} qualification again (StartQualification) or ask a manager to reinstate you"
+        if skill
+        else "a manager of the project can reinstate you (ReinstatePerson)"
+    )
+    return f"{person_id} is suspended from project {project_id}: {suspension.reason}; {then}"
+
+
+def _works_on(task: TaskState, person_id: str) -> bool:
+    return any(lease.person_id == person_id for lease in task.leases.values()) or any(
+        a.author_id == person_id for a in task.annotations.values()
+    )
+
+
+def _gold_import(
+    project_id: str, batch_id: str, spec: model_pb2.TaskSpec, lease_seconds: int
+) -> C.ImportGoldTask:
+    """The known answer leaves the spec: it lives in `GoldTaskImported.gold` only."""
+    plain = model_pb2.TaskSpec()
+    plain.CopyFrom(spec)
+    plain.ClearField("gold")
+    gold = model_pb2.GoldSpec()
+    gold.CopyFrom(spec.gold)
+    return C.ImportGoldTask(project_id, batch_id, plain, gold, lease_seconds)
 
 
 def _could_lease(task: TaskState, person_id: str, now: datetime) -> bool:

@@ -342,6 +342,65 @@ class ReviewServicer(_Base, api_pb2_grpc.ReviewServiceServicer):
         )
 
 
+class QualityServicer(_Base, api_pb2_grpc.QualityServiceServicer):
+    def GetAccuracy(
+        self, request: api_pb2.GetAccuracyRequest, context: grpc.ServicerContext
+    ) -> api_pb2.AccuracyReport:
+        return self._call(
+            "GetAccuracy", context, lambda w: self.service.get_accuracy(w, request), api_pb2.AccuracyReport()
+        )
+
+    def ListAccuracy(
+        self, request: api_pb2.ListAccuracyRequest, context: grpc.ServicerContext
+    ) -> api_pb2.ListAccuracyResponse:
+        return self._call(
+            "ListAccuracy",
+            context,
+            lambda w: self.service.list_accuracy(w, request),
+            api_pb2.ListAccuracyResponse(),
+        )
+
+    def ListSuspensions(
+        self, request: api_pb2.ListSuspensionsRequest, context: grpc.ServicerContext
+    ) -> api_pb2.ListSuspensionsResponse:
+        return self._call(
+            "ListSuspensions",
+            context,
+            lambda w: self.service.list_suspensions(w, request),
+            api_pb2.ListSuspensionsResponse(),
+        )
+
+    def ReinstatePerson(
+        self, request: api_pb2.ReinstatePersonRequest, context: grpc.ServicerContext
+    ) -> api_pb2.AccuracyReport:
+        return self._call(
+            "ReinstatePerson",
+            context,
+            lambda w: self.service.reinstate_person(w, request),
+            api_pb2.AccuracyReport(),
+        )
+
+    def StartQualification(
+        self, request: api_pb2.StartQualificationRequest, context: grpc.ServicerContext
+    ) -> api_pb2.QualificationStatus:
+        return self._call(
+            "StartQualification",
+            context,
+            lambda w: self.service.start_qualification(w, request),
+            api_pb2.QualificationStatus(),
+        )
+
+    def GetQualification(
+        self, request: api_pb2.GetQualificationRequest, context: grpc.ServicerContext
+    ) -> api_pb2.QualificationStatus:
+        return self._call(
+            "GetQualification",
+            context,
+            lambda w: self.service.get_qualification(w, request),
+            api_pb2.QualificationStatus(),
+        )
+
+
 class LabelStreamServicer(_Base, api_pb2_grpc.LabelStreamServiceServicer):
     def SubscribeLabels(
         self, request: api_pb2.SubscribeLabelsRequest, context: grpc.ServicerContext
@@ -371,4 +430,5 @@ def add_servicers(server: grpc.Server, service: Service) -> list[str]:
     api_pb2_grpc.add_TaskServiceServicer_to_server(TaskServicer(service), server)
     api_pb2_grpc.add_LabelStreamServiceServicer_to_server(LabelStreamServicer(service), server)
     api_pb2_grpc.add_ReviewServiceServicer_to_server(ReviewServicer(service), server)
+    api_pb2_grpc.add_QualityServiceServicer_to_server(QualityServicer(service), server)
     return [s.full_name for s in api_pb2.DESCRIPTOR.services_by_name.values()]

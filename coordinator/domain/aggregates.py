@@ -12,12 +12,16 @@ from collections.abc import Iterable
 from google.protobuf.message import Message
 
 from coordinator.domain.commands import (
+    ImportGoldTask,
     ImportTask,
     IssueToken,
     PersonCommand,
     ProjectCommand,
+    RecordGoldResult,
     RegisterPerson,
+    ReinstatePerson,
     RevokeToken,
+    StartQualification,
     TaskCommand,
     UpdatePerson,
 )
@@ -32,9 +36,9 @@ State = TaskState | ProjectState | PersonState
 def stream_of(cmd: Command) -> str:
     if isinstance(cmd, RegisterPerson | UpdatePerson):
         return f"person:{cmd.spec.person_id}"
-    if isinstance(cmd, IssueToken | RevokeToken):
+    if isinstance(cmd, IssueToken | RevokeToken | RecordGoldResult | StartQualification | ReinstatePerson):
         return f"person:{cmd.person_id}"
-    if isinstance(cmd, ImportTask):
+    if isinstance(cmd, ImportTask | ImportGoldTask):
         return f"task:{cmd.spec.task_id}"
     if isinstance(cmd, TaskCommand):
         return f"task:{cmd.task_id}"

@@ -6,7 +6,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from datetime import datetime
 
-from coordinator._pb.labelweave.events.v1 import annotation_pb2, model_pb2
+from coordinator._pb.labelweave.events.v1 import annotation_pb2, events_pb2, model_pb2
+from coordinator.domain.gold import Scoring
 from coordinator.domain.review import NO_HISTORY, AuthorRecord
 
 # ------------------------------------------------------------------ projects
@@ -87,7 +88,45 @@ class RevokeToken:
     token_id: str
 
 
-PersonCommand = RegisterPerson | UpdatePerson | IssueToken | RevokeToken
+@dataclass(frozen=True)
+class RecordGoldResult:
+    """Enter a scored gold (or training) submission into the person's record; decides the
+    suspension rule (gold) or the qualification attempt's outcome (training)."""
+
+    person_id: str
+    result: events_pb2.GoldScored
+    gold_event_id: str  # the GoldScored event; the command id is derived from it
+    policy: model_pb2.QualityPolicy  # the project's, now
+    now: datetime
+
+
+@dataclass(frozen=True)
+class StartQualification:
+    person_id: str
+    project_id: str
+    skill: str
+    qualification: model_pb2.Qualification | None  # resolved (gold.qualification_of); None: none
+    task_ids: tuple[str, ...]  # the training items chosen for this attempt
+    now: datetime
+
+
+@dataclass(frozen=True)
+class ReinstatePerson:
+    person_id: str
+    project_id: str
+    reinstated_by: str
+    reason: str
+
+
+PersonCommand = (
+    RegisterPerson
+    | UpdatePerson
+    | IssueToken
+    | RevokeToken
+    | RecordGoldResult
+    | StartQualification
+    | ReinstatePerson
+)
 
 # ------------------------------------------------------------------ tasks
 
@@ -100,6 +139,15 @@ class ImportTask:
     review_policy: model_pb2.ReviewPolicy.ValueType
     lease_seconds: int
     pipeline: model_pb2.ReviewPipeline | None = None  # resolved; None: derived from review_policy
+
+
+@dataclass(frozen=True)
+class ImportGoldTask:
+    project_id: str
+    batch_id: str
+    spec: model_pb2.TaskSpec  # without `gold`
+    gold: model_pb2.GoldSpec  # validated at the boundary
+    lease_seconds: int
 
 
 @dataclass(frozen=True)
@@ -116,6 +164,8 @@ class LeaseTask:
     person_id: str
     person_skills: frozenset[str]
     now: datetime
+    serve_gold: bool = False  # the gold mix chose a gold task (gold tasks refuse other leases)
+    attempt: int = 0  # a training item: the caller's open qualification attempt
 
 
 @dataclass(frozen=True)
@@ -145,6 +195,7 @@ class SubmitAnnotation:
     time_on_task_ms: int
     now: datetime
     author: AuthorRecord = NO_HISTORY  # the author's recent acceptance, for stratified sampling
+    scoring: Scoring | None = None  # gold tasks: thresholds (and schema) to score with
 
 
 @dataclass(frozen=True)
@@ -215,6 +266,7 @@ class AbandonAnnotation:
 
 TaskCommand = (
     ImportTask
+    | ImportGoldTask
     | IngestPrelabel
     | LeaseTask
     | ReleaseLease

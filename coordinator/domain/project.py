@@ -21,6 +21,7 @@ from coordinator.domain.commands import (
     RemoveProjectMember,
     UpdateProjectSettings,
 )
+from coordinator.domain.gold import check_quality
 from coordinator.domain.ids import check_id
 from coordinator.domain.review import check_settings, normalize_pipeline, reason_codes_of
 from coordinator.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound
@@ -89,6 +90,7 @@ def normalize_settings(settings: model_pb2.ProjectSettings) -> model_pb2.Project
 
 def _checked_settings(settings: model_pb2.ProjectSettings) -> model_pb2.ProjectSettings:
     check_settings(settings)
+    check_quality(settings.quality)
     out = normalize_settings(settings)
     if out.default_overlap > MAX_OVERLAP:
         raise InvalidArgument(

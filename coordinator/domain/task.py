@@ -13,6 +13,12 @@ rejection or overturns it, which counts as an accept at that stage.
 Slots: a task with overlap N accepts work from at most N people per round. A slot is taken by a
 lease or by a live annotation (submitted, accepted or rejected in the current round); abandoning
 rejected work or reopening the task frees slots.
+
+Gold and training tasks (`GoldTaskImported`, docs/quality.md) carry a known answer and have no
+slots: anyone may answer once (gold) or once per qualification attempt (training), each answer
+is scored against the known answer in the command that submits it (`GoldScored`), and nothing is
+reviewed, accepted or completed. They are leased only through the gold mix (`serve_gold`) or a
+qualification attempt (`attempt`), never from the normal queue.
 """
 
 from __future__ import annotations
@@ -30,6 +36,7 @@ from coordinator.domain.commands import (
     AbandonAnnotation,
     EditAnnotation,
     ExpireLease,
+    ImportGoldTask,
     ImportTask,
     IngestPrelabel,
     LeaseTask,
@@ -41,6 +48,7 @@ from coordinator.domain.commands import (
     SubmitAnnotation,
     TaskCommand,
 )
+from coordinator.domain.gold import Scoring, check_skill_name, score_answer
 from coordinator.domain.ids import require_aware, to_datetime, to_timestamp
 from coordinator.domain.review import (
     AuthorRecord,
@@ -69,6 +77,7 @@ ACCEPTED: Final = "accepted"
 REJECTED: Final = "rejected"
 ABANDONED: Final = "abandoned"
 SUPERSEDED: Final = "superseded"
+SCORED: Final = "scored"  # an answer on a gold task: scored, never reviewed nor accepted
 LIVE_STATUSES: Final = frozenset({SUBMITTED, ACCEPTED, REJECTED})
 
 OPEN: Final = "open"
@@ -92,6 +101,8 @@ TASK_EVENTS: Final[tuple[type[Message], ...]] = (
     events_pb2.ReviewRouted,
     events_pb2.DisputeOpened,
     events_pb2.DisputeResolved,
+    events_pb2.GoldTaskImported,
+    events_pb2.GoldScored,
 )
 
 _M = TypeVar("_M", bound=Message)
@@ -127,6 +138,24 @@ class LeaseState:
     lease_id: str
     person_id: str
     expires_at: datetime
+    attempt: int = 0  # training items: the qualification attempt
+
+
+@dataclass(frozen=True)
+class GoldState:
+    """The known answer of a gold or training task, and who answered it (gold: once each)."""
+
+    answer: annotation_pb2.Annotation
+    training: bool
+    skill: str
+    answered: frozenset[str] = frozenset()
+
+    @property
+    def purpose(self) -> model_pb2.GoldPurpose.ValueType:
+        return model_pb2.GOLD_PURPOSE_TRAINING if self.training else model_pb2.GOLD_PURPOSE_GOLD
+
+    def spec(self) -> model_pb2.GoldSpec:
+        return model_pb2.GoldSpec(answer=self.answer, training=self.training, skill=self.skill)
 
 
 @dataclass(frozen=True)
@@ -190,6 +219,7 @@ class TaskState:
     completed: bool = False
     pipeline: model_pb2.ReviewPipeline = field(default_factory=model_pb2.ReviewPipeline)
     disputes: Mapping[str, DisputeState] = field(default_factory=_empty_disputes)
+    gold: GoldState | None = None
 
     @property
     def overlap(self) -> int:
@@ -213,6 +243,8 @@ class TaskState:
 
     @property
     def status(self) -> str:
+        if self.gold is not None:
+            return "queued"  # always open: anyone may answer a gold task (once)
         if self.completed:
             return "done"
         if self.free_slots > 0:
@@ -236,6 +268,8 @@ class TaskState:
 def decide_task(state: TaskState | None, cmd: TaskCommand) -> list[Message]:
     if isinstance(cmd, ImportTask):
         return _import(state, cmd)
+    if isinstance(cmd, ImportGoldTask):
+        return _import_gold(state, cmd)
     if state is None:
         raise NotFound(f"no task {cmd.task_id!r}", field="task_id")
     if isinstance(cmd, IngestPrelabel):
@@ -286,6 +320,30 @@ def _import(state: TaskState | None, cmd: ImportTask) -> list[Message]:
     return [imported]
 
 
+def _import_gold(state: TaskState | None, cmd: ImportGoldTask) -> list[Message]:
+    if state is not None:
+        raise AlreadyExists(f"task {cmd.spec.task_id!r} exists already", field="task.task_id")
+    if not cmd.spec.task_id:
+        raise InvalidArgument("required", field="task.task_id")
+    if cmd.spec.HasField("gold"):
+        raise InvalidArgument("the known answer goes in `gold`, not in the spec", field="task.gold")
+    if cmd.lease_seconds < 1:
+        raise InvalidArgument("lease length must be at least one second", field="lease_seconds")
+    if cmd.gold.training:
+        check_skill_name(cmd.gold.skill, "task.gold.skill")
+    elif cmd.gold.skill:
+        raise InvalidArgument("only training items name a qualification skill", field="task.gold.skill")
+    return [
+        events_pb2.GoldTaskImported(
+            project_id=cmd.project_id,
+            batch_id=cmd.batch_id,
+            task=cmd.spec,
+            gold=cmd.gold,
+            lease_seconds=cmd.lease_seconds,
+        )
+    ]
+
+
 def _ingest_prelabel(state: TaskState, cmd: IngestPrelabel) -> list[Message]:
     if state.completed:
         raise FailedPrecondition("task is complete; a pre-label can no longer help")
@@ -332,17 +390,26 @@ def _lease(state: TaskState, cmd: LeaseTask) -> list[Message]:
     missing = sorted(set(current.spec.required_skills) - cmd.person_skills)
     if missing:
         raise FailedPrecondition(f"missing skills: {', '.join(missing)}")
-    if current.free_slots <= 0:
+    gold = current.gold
+    if gold is not None:
+        if gold.training and cmd.attempt <= 0:
+            raise FailedPrecondition("training items are served only to people taking the qualification")
+        if not gold.training and not cmd.serve_gold:
+            raise FailedPrecondition("gold tasks are served only by the gold mix")
+        if not gold.training and cmd.person_id in gold.answered:
+            raise FailedPrecondition(f"{cmd.person_id} has answered this gold task already")
+    elif current.free_slots <= 0:
         raise FailedPrecondition(f"no free slot: overlap {current.overlap} reached")
-    events.append(
-        events_pb2.TaskLeased(
-            task_id=state.task_id,
-            lease_id=cmd.lease_id,
-            person_id=cmd.person_id,
-            expires_at=to_timestamp(cmd.now + timedelta(seconds=state.lease_seconds)),
-            project_id=state.project_id,
-        )
+    leased = events_pb2.TaskLeased(
+        task_id=state.task_id,
+        lease_id=cmd.lease_id,
+        person_id=cmd.person_id,
+        expires_at=to_timestamp(cmd.now + timedelta(seconds=state.lease_seconds)),
+        project_id=state.project_id,
     )
+    if gold is not None and gold.training:
+        leased.attempt = cmd.attempt
+    events.append(leased)
     return events
 
 
@@ -384,6 +451,8 @@ def _submit(state: TaskState, cmd: SubmitAnnotation) -> list[Message]:
         raise InvalidArgument("required", field="annotation_id")
     if cmd.annotation_id in state.annotations:
         raise AlreadyExists(f"annotation {cmd.annotation_id} exists already", field="annotation_id")
+    if state.gold is not None:
+        return _submit_gold(state, state.gold, lease, cmd)
     events: list[Message] = [
         events_pb2.AnnotationSubmitted(
             task_id=state.task_id,
@@ -401,6 +470,48 @@ def _submit(state: TaskState, cmd: SubmitAnnotation) -> list[Message]:
     after = _apply(state, events)
     events.extend(_route(after, after.annotations[cmd.annotation_id], 0, "", cmd.author))
     return _with_completion(state, events)
+
+
+def _submit_gold(
+    state: TaskState, gold: GoldState, lease: LeaseState, cmd: SubmitAnnotation
+) -> list[Message]:
+    """An answer on a gold task: recorded like any submission, scored against the known answer
+    in the same command, and never routed to review."""
+    if not gold.training and cmd.person_id in gold.answered:
+        raise FailedPrecondition(f"{cmd.person_id} has answered this gold task already")
+    scoring = cmd.scoring or Scoring()
+    result = score_answer(gold.answer, cmd.annotation, scoring)
+    scored = events_pb2.GoldScored(
+        task_id=state.task_id,
+        project_id=state.project_id,
+        annotation_id=cmd.annotation_id,
+        person_id=cmd.person_id,
+        purpose=gold.purpose,
+        score=result.score,
+        passed=result.passed,
+        classes=result.classes,
+        iou_threshold=scoring.iou_threshold,
+        oks_threshold=scoring.oks_threshold,
+        pass_score=scoring.pass_score,
+    )
+    if gold.training:
+        scored.skill = gold.skill
+        scored.attempt = lease.attempt
+    return [
+        events_pb2.AnnotationSubmitted(
+            task_id=state.task_id,
+            annotation_id=cmd.annotation_id,
+            version=1,
+            lease_id=cmd.lease_id,
+            person_id=cmd.person_id,
+            annotation=cmd.annotation,
+            label_schema_version=cmd.label_schema_version,
+            guideline_version=cmd.guideline_version,
+            time_on_task_ms=cmd.time_on_task_ms,
+            project_id=state.project_id,
+        ),
+        scored,
+    ]
 
 
 def _edit(state: TaskState, cmd: EditAnnotation) -> list[Message]:
@@ -777,13 +888,32 @@ def evolve_task(state: TaskState | None, event: Message) -> TaskState:
             prelabel=_copy(spec.prelabel) if spec.HasField("prelabel") else None,
             pipeline=pipeline_of_import(event),
         )
+    if isinstance(event, events_pb2.GoldTaskImported):
+        if state is not None:
+            raise ValueError(f"task {state.task_id} imported twice")
+        spec = _copy(event.task)
+        return TaskState(
+            task_id=spec.task_id,
+            project_id=event.project_id,
+            batch_id=event.batch_id,
+            spec=spec,
+            review_policy=model_pb2.REVIEW_POLICY_NONE,
+            lease_seconds=event.lease_seconds,
+            prelabel=_copy(spec.prelabel) if spec.HasField("prelabel") else None,
+            pipeline=model_pb2.ReviewPipeline(),
+            gold=GoldState(
+                answer=_copy(event.gold.answer), training=event.gold.training, skill=event.gold.skill
+            ),
+        )
     if state is None:
         raise ValueError(f"{type(event).__name__} before TaskImported")
     if isinstance(event, events_pb2.PrelabelIngested):
         return replace(state, prelabel=_copy(event.annotation), prelabel_id=event.prelabel_id)
     if isinstance(event, events_pb2.TaskLeased):
         leases = dict(state.leases)
-        leases[event.lease_id] = LeaseState(event.lease_id, event.person_id, to_datetime(event.expires_at))
+        leases[event.lease_id] = LeaseState(
+            event.lease_id, event.person_id, to_datetime(event.expires_at), event.attempt
+        )
         return replace(state, leases=_frozen(leases))
     if isinstance(event, events_pb2.LeaseReleased | events_pb2.LeaseExpired):
         return _without_lease(state, event.lease_id)
@@ -919,6 +1049,12 @@ def evolve_task(state: TaskState | None, event: Message) -> TaskState:
                 reviewers=reviewers,
             ),
         )
+    if isinstance(event, events_pb2.GoldScored):
+        ann = _known(state, event.annotation_id)
+        state = _put(state, replace(ann, status=SCORED, stage=-1))
+        if state.gold is not None and event.purpose == model_pb2.GOLD_PURPOSE_GOLD:
+            state = replace(state, gold=replace(state.gold, answered=state.gold.answered | {event.person_id}))
+        return state
     raise TypeError(f"not a task event: {type(event).__name__}")
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from projections.base import View
 from projections.views.directory import DirectoryView
+from projections.views.gold import GoldView
 from projections.views.history import HistoryView
 from projections.views.metrics import MetricsView
 from projections.views.queue import QueueView
@@ -12,6 +13,7 @@ from projections.views.tasks import TasksView
 
 __all__ = [
     "DirectoryView",
+    "GoldView",
     "HistoryView",
     "MetricsView",
     "QueueView",
@@ -23,4 +25,4 @@ __all__ = [
 
 def default_views() -> list[View]:
     """Fresh instances of every view, in a fixed order."""
-    return [TasksView(), QueueView(), MetricsView(), HistoryView(), DirectoryView(), ReviewView()]
+    return [TasksView(), QueueView(), MetricsView(), HistoryView(), DirectoryView(), ReviewView(), GoldView()]

@@ -25,6 +25,7 @@ class Stubs:
         self.tasks = api_pb2_grpc.TaskServiceStub(channel)
         self.streams = api_pb2_grpc.LabelStreamServiceStub(channel)
         self.reviews = api_pb2_grpc.ReviewServiceStub(channel)
+        self.quality = api_pb2_grpc.QualityServiceStub(channel)
 
     @property
     def md(self) -> tuple[tuple[str, str], ...]:

@@ -271,6 +271,45 @@ MATRIX: dict[str, tuple[set[str], Call]] = {
         {"admin", "manager", "auditor"},
         lambda s, r: s.reviews.ListFeedback(api_pb2.ListFeedbackRequest(person_id="victim"), metadata=s.md),
     ),
+    # gold and qualification (docs/quality.md): other people's records are for admins,
+    # auditors, managers and QA; reinstating is for admins and managers
+    "GetAccuracy": (
+        {"admin", "manager", "qa", "auditor"},
+        lambda s, r: s.quality.GetAccuracy(
+            api_pb2.GetAccuracyRequest(project_id="p1", person_id="victim"), metadata=s.md
+        ),
+    ),
+    "ListAccuracy": (
+        {"admin", "manager", "qa", "auditor"},
+        lambda s, r: s.quality.ListAccuracy(api_pb2.ListAccuracyRequest(project_id="p1"), metadata=s.md),
+    ),
+    "ListSuspensions": (
+        {"admin", "manager", "qa", "auditor"},
+        lambda s, r: s.quality.ListSuspensions(
+            api_pb2.ListSuspensionsRequest(project_id="p1"), metadata=s.md
+        ),
+    ),
+    "ReinstatePerson": (
+        MANAGE,
+        lambda s, r: s.quality.ReinstatePerson(
+            api_pb2.ReinstatePersonRequest(command_id=f"ri-{r}", project_id="p1", person_id="victim"),
+            metadata=s.md,
+        ),
+    ),
+    "StartQualification": (
+        ANNOTATE,
+        lambda s, r: s.quality.StartQualification(
+            api_pb2.StartQualificationRequest(command_id=f"sq-{r}", project_id="p1", skill="nope"),
+            metadata=s.md,
+        ),
+    ),
+    "GetQualification": (
+        {"admin", "manager", "qa", "auditor"},
+        lambda s, r: s.quality.GetQualification(
+            api_pb2.GetQualificationRequest(project_id="p1", skill="nope", person_id="victim"),
+            metadata=s.md,
+        ),
+    ),
 }
 
 

@@ -69,6 +69,8 @@ class _AnnotationStatusEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_Anno
     ANNOTATION_STATUS_REJECTED: _AnnotationStatus.ValueType  # 3
     ANNOTATION_STATUS_ABANDONED: _AnnotationStatus.ValueType  # 4
     ANNOTATION_STATUS_SUPERSEDED: _AnnotationStatus.ValueType  # 5
+    ANNOTATION_STATUS_SCORED: _AnnotationStatus.ValueType  # 6
+    """an answer on a gold task, scored against the known answer"""
 
 class AnnotationStatus(_AnnotationStatus, metaclass=_AnnotationStatusEnumTypeWrapper): ...
 
@@ -78,6 +80,8 @@ ANNOTATION_STATUS_ACCEPTED: AnnotationStatus.ValueType  # 2
 ANNOTATION_STATUS_REJECTED: AnnotationStatus.ValueType  # 3
 ANNOTATION_STATUS_ABANDONED: AnnotationStatus.ValueType  # 4
 ANNOTATION_STATUS_SUPERSEDED: AnnotationStatus.ValueType  # 5
+ANNOTATION_STATUS_SCORED: AnnotationStatus.ValueType  # 6
+"""an answer on a gold task, scored against the known answer"""
 Global___AnnotationStatus: _TypeAlias = AnnotationStatus  # noqa: Y015
 
 class _DisputeStatus:
@@ -151,6 +155,12 @@ class _FeedbackKindEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_Feedback
     """an author disputed your rejection"""
     FEEDBACK_KIND_DISPUTE_RESOLVED: _FeedbackKind.ValueType  # 4
     """an expert decided a dispute you are part of"""
+    FEEDBACK_KIND_QUALIFICATION: _FeedbackKind.ValueType  # 5
+    """a qualification attempt of yours was scored"""
+    FEEDBACK_KIND_SUSPENDED: _FeedbackKind.ValueType  # 6
+    """you were suspended from a project (gold accuracy)"""
+    FEEDBACK_KIND_REINSTATED: _FeedbackKind.ValueType  # 7
+    """your suspension ended"""
 
 class FeedbackKind(_FeedbackKind, metaclass=_FeedbackKindEnumTypeWrapper): ...
 
@@ -163,7 +173,42 @@ FEEDBACK_KIND_DISPUTE_OPENED: FeedbackKind.ValueType  # 3
 """an author disputed your rejection"""
 FEEDBACK_KIND_DISPUTE_RESOLVED: FeedbackKind.ValueType  # 4
 """an expert decided a dispute you are part of"""
+FEEDBACK_KIND_QUALIFICATION: FeedbackKind.ValueType  # 5
+"""a qualification attempt of yours was scored"""
+FEEDBACK_KIND_SUSPENDED: FeedbackKind.ValueType  # 6
+"""you were suspended from a project (gold accuracy)"""
+FEEDBACK_KIND_REINSTATED: FeedbackKind.ValueType  # 7
+"""your suspension ended"""
 Global___FeedbackKind: _TypeAlias = FeedbackKind  # noqa: Y015
+
+class _QualificationState:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _QualificationStateEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_QualificationState.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    QUALIFICATION_STATE_UNSPECIFIED: _QualificationState.ValueType  # 0
+    QUALIFICATION_STATE_NOT_STARTED: _QualificationState.ValueType  # 1
+    QUALIFICATION_STATE_IN_PROGRESS: _QualificationState.ValueType  # 2
+    """NextTask serves the attempt's items"""
+    QUALIFICATION_STATE_PASSED: _QualificationState.ValueType  # 3
+    QUALIFICATION_STATE_FAILED: _QualificationState.ValueType  # 4
+    """may retry after `retry_after`, while attempts are left"""
+    QUALIFICATION_STATE_EXHAUSTED: _QualificationState.ValueType  # 5
+    """failed with no attempt left in this cycle"""
+
+class QualificationState(_QualificationState, metaclass=_QualificationStateEnumTypeWrapper): ...
+
+QUALIFICATION_STATE_UNSPECIFIED: QualificationState.ValueType  # 0
+QUALIFICATION_STATE_NOT_STARTED: QualificationState.ValueType  # 1
+QUALIFICATION_STATE_IN_PROGRESS: QualificationState.ValueType  # 2
+"""NextTask serves the attempt's items"""
+QUALIFICATION_STATE_PASSED: QualificationState.ValueType  # 3
+QUALIFICATION_STATE_FAILED: QualificationState.ValueType  # 4
+"""may retry after `retry_after`, while attempts are left"""
+QUALIFICATION_STATE_EXHAUSTED: QualificationState.ValueType  # 5
+"""failed with no attempt left in this cycle"""
+Global___QualificationState: _TypeAlias = QualificationState  # noqa: Y015
 
 @_typing.final
 class Project(_message.Message):
@@ -811,6 +856,12 @@ Global___IngestPrelabelRequest: _TypeAlias = IngestPrelabelRequest  # noqa: Y015
 
 @_typing.final
 class NextTaskRequest(_message.Message):
+    """NextTask also mixes in gold tasks at the project's gold rate (indistinguishable from other
+    tasks), serves the items of a qualification the caller is taking, and refuses a person the
+    project suspended with FAILED_PRECONDITION (field `project_id`; without a project: when every
+    project that had work was refused so). See docs/quality.md.
+    """
+
     DESCRIPTOR: _descriptor.Descriptor
 
     COMMAND_ID_FIELD_NUMBER: _builtins.int
@@ -1773,6 +1824,10 @@ class FeedbackItem(_message.Message):
     AT_FIELD_NUMBER: _builtins.int
     POSITION_FIELD_NUMBER: _builtins.int
     EVENT_ID_FIELD_NUMBER: _builtins.int
+    QUALIFICATION_FIELD_NUMBER: _builtins.int
+    SUSPENSION_FIELD_NUMBER: _builtins.int
+    RETRAINING_FIELD_NUMBER: _builtins.int
+    REINSTATEMENT_FIELD_NUMBER: _builtins.int
     cursor: _builtins.str
     kind: Global___FeedbackKind.ValueType
     project_id: _builtins.str
@@ -1796,6 +1851,22 @@ class FeedbackItem(_message.Message):
 
     @_builtins.property
     def at(self) -> _timestamp_pb2.Timestamp: ...
+    @_builtins.property
+    def qualification(self) -> _events_pb2.QualificationCompleted:
+        """QUALIFICATION: the attempt's result and which items were wrong (never the known answers)"""
+
+    @_builtins.property
+    def suspension(self) -> _events_pb2.PersonSuspended:
+        """SUSPENDED"""
+
+    @_builtins.property
+    def retraining(self) -> _events_pb2.RetrainingAssigned:
+        """SUSPENDED: what to pass again"""
+
+    @_builtins.property
+    def reinstatement(self) -> _events_pb2.PersonReinstated:
+        """REINSTATED"""
+
     def __init__(
         self,
         *,
@@ -1816,10 +1887,14 @@ class FeedbackItem(_message.Message):
         at: _timestamp_pb2.Timestamp | None = ...,
         position: _builtins.str = ...,
         event_id: _builtins.str = ...,
+        qualification: _events_pb2.QualificationCompleted | None = ...,
+        suspension: _events_pb2.PersonSuspended | None = ...,
+        retraining: _events_pb2.RetrainingAssigned | None = ...,
+        reinstatement: _events_pb2.PersonReinstated | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["at", b"at"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["at", b"at", "qualification", b"qualification", "reinstatement", b"reinstatement", "retraining", b"retraining", "suspension", b"suspension"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["annotation_id", b"annotation_id", "at", b"at", "comment", b"comment", "cursor", b"cursor", "decision", b"decision", "dispute_id", b"dispute_id", "event_id", b"event_id", "from_person_id", b"from_person_id", "kind", b"kind", "position", b"position", "project_id", b"project_id", "reason_codes", b"reason_codes", "reasons", b"reasons", "stage", b"stage", "task_id", b"task_id", "verdict", b"verdict", "version", b"version"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["annotation_id", b"annotation_id", "at", b"at", "comment", b"comment", "cursor", b"cursor", "decision", b"decision", "dispute_id", b"dispute_id", "event_id", b"event_id", "from_person_id", b"from_person_id", "kind", b"kind", "position", b"position", "project_id", b"project_id", "qualification", b"qualification", "reason_codes", b"reason_codes", "reasons", b"reasons", "reinstatement", b"reinstatement", "retraining", b"retraining", "stage", b"stage", "suspension", b"suspension", "task_id", b"task_id", "verdict", b"verdict", "version", b"version"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -1879,6 +1954,437 @@ class ListFeedbackResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___ListFeedbackResponse: _TypeAlias = ListFeedbackResponse  # noqa: Y015
+
+@_typing.final
+class GetAccuracyRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PROJECT_ID_FIELD_NUMBER: _builtins.int
+    PERSON_ID_FIELD_NUMBER: _builtins.int
+    project_id: _builtins.str
+    person_id: _builtins.str
+    """empty: the caller"""
+    def __init__(
+        self,
+        *,
+        project_id: _builtins.str = ...,
+        person_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["person_id", b"person_id", "project_id", b"project_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetAccuracyRequest: _TypeAlias = GetAccuracyRequest  # noqa: Y015
+
+@_typing.final
+class ClassAccuracy(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    LABEL_FIELD_NUMBER: _builtins.int
+    MATCHED_FIELD_NUMBER: _builtins.int
+    MISSED_FIELD_NUMBER: _builtins.int
+    EXTRA_FIELD_NUMBER: _builtins.int
+    ACCURACY_FIELD_NUMBER: _builtins.int
+    RESULTS_FIELD_NUMBER: _builtins.int
+    label: _builtins.str
+    matched: _builtins.int
+    """summed over the results in the window"""
+    missed: _builtins.int
+    extra: _builtins.int
+    accuracy: _builtins.float
+    """matched / (matched + missed + extra)"""
+    results: _builtins.int
+    """results in the window that involve the class"""
+    def __init__(
+        self,
+        *,
+        label: _builtins.str = ...,
+        matched: _builtins.int = ...,
+        missed: _builtins.int = ...,
+        extra: _builtins.int = ...,
+        accuracy: _builtins.float = ...,
+        results: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["accuracy", b"accuracy", "extra", b"extra", "label", b"label", "matched", b"matched", "missed", b"missed", "results", b"results"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ClassAccuracy: _TypeAlias = ClassAccuracy  # noqa: Y015
+
+@_typing.final
+class GoldResult(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TASK_ID_FIELD_NUMBER: _builtins.int
+    ANNOTATION_ID_FIELD_NUMBER: _builtins.int
+    SCORE_FIELD_NUMBER: _builtins.int
+    PASSED_FIELD_NUMBER: _builtins.int
+    CLASSES_FIELD_NUMBER: _builtins.int
+    AT_FIELD_NUMBER: _builtins.int
+    EVENT_ID_FIELD_NUMBER: _builtins.int
+    task_id: _builtins.str
+    annotation_id: _builtins.str
+    score: _builtins.float
+    passed: _builtins.bool
+    event_id: _builtins.str
+    @_builtins.property
+    def classes(self) -> _containers.RepeatedCompositeFieldContainer[_model_pb2.ClassScore]: ...
+    @_builtins.property
+    def at(self) -> _timestamp_pb2.Timestamp: ...
+    def __init__(
+        self,
+        *,
+        task_id: _builtins.str = ...,
+        annotation_id: _builtins.str = ...,
+        score: _builtins.float = ...,
+        passed: _builtins.bool = ...,
+        classes: _abc.Iterable[_model_pb2.ClassScore] | None = ...,
+        at: _timestamp_pb2.Timestamp | None = ...,
+        event_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["at", b"at"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["annotation_id", b"annotation_id", "at", b"at", "classes", b"classes", "event_id", b"event_id", "passed", b"passed", "score", b"score", "task_id", b"task_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GoldResult: _TypeAlias = GoldResult  # noqa: Y015
+
+@_typing.final
+class Suspension(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PERSON_ID_FIELD_NUMBER: _builtins.int
+    PROJECT_ID_FIELD_NUMBER: _builtins.int
+    REASON_FIELD_NUMBER: _builtins.int
+    ACCURACY_FIELD_NUMBER: _builtins.int
+    THRESHOLD_FIELD_NUMBER: _builtins.int
+    RESULTS_FIELD_NUMBER: _builtins.int
+    SINCE_FIELD_NUMBER: _builtins.int
+    RETRAINING_SKILL_FIELD_NUMBER: _builtins.int
+    POSITION_FIELD_NUMBER: _builtins.int
+    person_id: _builtins.str
+    project_id: _builtins.str
+    reason: _builtins.str
+    accuracy: _builtins.float
+    threshold: _builtins.float
+    results: _builtins.int
+    retraining_skill: _builtins.str
+    """pass this qualification again to be reinstated ("": a manager)"""
+    position: _builtins.str
+    @_builtins.property
+    def since(self) -> _timestamp_pb2.Timestamp: ...
+    def __init__(
+        self,
+        *,
+        person_id: _builtins.str = ...,
+        project_id: _builtins.str = ...,
+        reason: _builtins.str = ...,
+        accuracy: _builtins.float = ...,
+        threshold: _builtins.float = ...,
+        results: _builtins.int = ...,
+        since: _timestamp_pb2.Timestamp | None = ...,
+        retraining_skill: _builtins.str = ...,
+        position: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["since", b"since"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["accuracy", b"accuracy", "person_id", b"person_id", "position", b"position", "project_id", b"project_id", "reason", b"reason", "results", b"results", "retraining_skill", b"retraining_skill", "since", b"since", "threshold", b"threshold"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Suspension: _TypeAlias = Suspension  # noqa: Y015
+
+@_typing.final
+class AccuracyReport(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PERSON_ID_FIELD_NUMBER: _builtins.int
+    PROJECT_ID_FIELD_NUMBER: _builtins.int
+    WINDOW_FIELD_NUMBER: _builtins.int
+    RESULTS_FIELD_NUMBER: _builtins.int
+    PASSED_FIELD_NUMBER: _builtins.int
+    ACCURACY_FIELD_NUMBER: _builtins.int
+    MEAN_SCORE_FIELD_NUMBER: _builtins.int
+    CLASSES_FIELD_NUMBER: _builtins.int
+    SUSPENDED_FIELD_NUMBER: _builtins.int
+    SUSPENSION_FIELD_NUMBER: _builtins.int
+    MIN_ACCURACY_FIELD_NUMBER: _builtins.int
+    MIN_RESULTS_FIELD_NUMBER: _builtins.int
+    RECENT_FIELD_NUMBER: _builtins.int
+    TOTAL_RESULTS_FIELD_NUMBER: _builtins.int
+    person_id: _builtins.str
+    project_id: _builtins.str
+    window: _builtins.int
+    """the last N gold results since the last reinstatement"""
+    results: _builtins.int
+    """results in the window"""
+    passed: _builtins.int
+    accuracy: _builtins.float
+    """passed / results (0 without results)"""
+    mean_score: _builtins.float
+    suspended: _builtins.bool
+    min_accuracy: _builtins.float
+    """the project's suspension rule (0: none)"""
+    min_results: _builtins.int
+    total_results: _builtins.int
+    """every gold result of the person in the project"""
+    @_builtins.property
+    def classes(self) -> _containers.RepeatedCompositeFieldContainer[Global___ClassAccuracy]: ...
+    @_builtins.property
+    def suspension(self) -> Global___Suspension: ...
+    @_builtins.property
+    def recent(self) -> _containers.RepeatedCompositeFieldContainer[Global___GoldResult]:
+        """newest first; admins, auditors, managers and QA only"""
+
+    def __init__(
+        self,
+        *,
+        person_id: _builtins.str = ...,
+        project_id: _builtins.str = ...,
+        window: _builtins.int = ...,
+        results: _builtins.int = ...,
+        passed: _builtins.int = ...,
+        accuracy: _builtins.float = ...,
+        mean_score: _builtins.float = ...,
+        classes: _abc.Iterable[Global___ClassAccuracy] | None = ...,
+        suspended: _builtins.bool = ...,
+        suspension: Global___Suspension | None = ...,
+        min_accuracy: _builtins.float = ...,
+        min_results: _builtins.int = ...,
+        recent: _abc.Iterable[Global___GoldResult] | None = ...,
+        total_results: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["suspension", b"suspension"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["accuracy", b"accuracy", "classes", b"classes", "mean_score", b"mean_score", "min_accuracy", b"min_accuracy", "min_results", b"min_results", "passed", b"passed", "person_id", b"person_id", "project_id", b"project_id", "recent", b"recent", "results", b"results", "suspended", b"suspended", "suspension", b"suspension", "total_results", b"total_results", "window", b"window"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___AccuracyReport: _TypeAlias = AccuracyReport  # noqa: Y015
+
+@_typing.final
+class ListAccuracyRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PROJECT_ID_FIELD_NUMBER: _builtins.int
+    project_id: _builtins.str
+    def __init__(
+        self,
+        *,
+        project_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["project_id", b"project_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListAccuracyRequest: _TypeAlias = ListAccuracyRequest  # noqa: Y015
+
+@_typing.final
+class ListAccuracyResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PEOPLE_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def people(self) -> _containers.RepeatedCompositeFieldContainer[Global___AccuracyReport]: ...
+    def __init__(
+        self,
+        *,
+        people: _abc.Iterable[Global___AccuracyReport] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["people", b"people"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListAccuracyResponse: _TypeAlias = ListAccuracyResponse  # noqa: Y015
+
+@_typing.final
+class ListSuspensionsRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PROJECT_ID_FIELD_NUMBER: _builtins.int
+    project_id: _builtins.str
+    def __init__(
+        self,
+        *,
+        project_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["project_id", b"project_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListSuspensionsRequest: _TypeAlias = ListSuspensionsRequest  # noqa: Y015
+
+@_typing.final
+class ListSuspensionsResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SUSPENSIONS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def suspensions(self) -> _containers.RepeatedCompositeFieldContainer[Global___Suspension]: ...
+    def __init__(
+        self,
+        *,
+        suspensions: _abc.Iterable[Global___Suspension] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["suspensions", b"suspensions"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListSuspensionsResponse: _TypeAlias = ListSuspensionsResponse  # noqa: Y015
+
+@_typing.final
+class ReinstatePersonRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    COMMAND_ID_FIELD_NUMBER: _builtins.int
+    PROJECT_ID_FIELD_NUMBER: _builtins.int
+    PERSON_ID_FIELD_NUMBER: _builtins.int
+    REASON_FIELD_NUMBER: _builtins.int
+    command_id: _builtins.str
+    project_id: _builtins.str
+    person_id: _builtins.str
+    reason: _builtins.str
+    def __init__(
+        self,
+        *,
+        command_id: _builtins.str = ...,
+        project_id: _builtins.str = ...,
+        person_id: _builtins.str = ...,
+        reason: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["command_id", b"command_id", "person_id", b"person_id", "project_id", b"project_id", "reason", b"reason"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ReinstatePersonRequest: _TypeAlias = ReinstatePersonRequest  # noqa: Y015
+
+@_typing.final
+class StartQualificationRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    COMMAND_ID_FIELD_NUMBER: _builtins.int
+    PROJECT_ID_FIELD_NUMBER: _builtins.int
+    SKILL_FIELD_NUMBER: _builtins.int
+    command_id: _builtins.str
+    project_id: _builtins.str
+    skill: _builtins.str
+    def __init__(
+        self,
+        *,
+        command_id: _builtins.str = ...,
+        project_id: _builtins.str = ...,
+        skill: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["command_id", b"command_id", "project_id", b"project_id", "skill", b"skill"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___StartQualificationRequest: _TypeAlias = StartQualificationRequest  # noqa: Y015
+
+@_typing.final
+class GetQualificationRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PROJECT_ID_FIELD_NUMBER: _builtins.int
+    SKILL_FIELD_NUMBER: _builtins.int
+    PERSON_ID_FIELD_NUMBER: _builtins.int
+    project_id: _builtins.str
+    skill: _builtins.str
+    person_id: _builtins.str
+    """empty: the caller"""
+    def __init__(
+        self,
+        *,
+        project_id: _builtins.str = ...,
+        skill: _builtins.str = ...,
+        person_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["person_id", b"person_id", "project_id", b"project_id", "skill", b"skill"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetQualificationRequest: _TypeAlias = GetQualificationRequest  # noqa: Y015
+
+@_typing.final
+class QualificationStatus(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PERSON_ID_FIELD_NUMBER: _builtins.int
+    PROJECT_ID_FIELD_NUMBER: _builtins.int
+    SKILL_FIELD_NUMBER: _builtins.int
+    STATE_FIELD_NUMBER: _builtins.int
+    ATTEMPT_FIELD_NUMBER: _builtins.int
+    ATTEMPTS_USED_FIELD_NUMBER: _builtins.int
+    MAX_ATTEMPTS_FIELD_NUMBER: _builtins.int
+    ITEMS_TOTAL_FIELD_NUMBER: _builtins.int
+    ITEMS_DONE_FIELD_NUMBER: _builtins.int
+    RETRY_AFTER_FIELD_NUMBER: _builtins.int
+    LAST_FIELD_NUMBER: _builtins.int
+    HAS_SKILL_FIELD_NUMBER: _builtins.int
+    POSITION_FIELD_NUMBER: _builtins.int
+    person_id: _builtins.str
+    project_id: _builtins.str
+    skill: _builtins.str
+    state: Global___QualificationState.ValueType
+    attempt: _builtins.int
+    """the latest attempt's number"""
+    attempts_used: _builtins.int
+    """in the current cycle"""
+    max_attempts: _builtins.int
+    items_total: _builtins.int
+    """of the latest attempt"""
+    items_done: _builtins.int
+    has_skill: _builtins.bool
+    position: _builtins.str
+    @_builtins.property
+    def retry_after(self) -> _timestamp_pb2.Timestamp: ...
+    @_builtins.property
+    def last(self) -> _events_pb2.QualificationCompleted:
+        """the latest completed attempt"""
+
+    def __init__(
+        self,
+        *,
+        person_id: _builtins.str = ...,
+        project_id: _builtins.str = ...,
+        skill: _builtins.str = ...,
+        state: Global___QualificationState.ValueType = ...,
+        attempt: _builtins.int = ...,
+        attempts_used: _builtins.int = ...,
+        max_attempts: _builtins.int = ...,
+        items_total: _builtins.int = ...,
+        items_done: _builtins.int = ...,
+        retry_after: _timestamp_pb2.Timestamp | None = ...,
+        last: _events_pb2.QualificationCompleted | None = ...,
+        has_skill: _builtins.bool = ...,
+        position: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["last", b"last", "retry_after", b"retry_after"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempt", b"attempt", "attempts_used", b"attempts_used", "has_skill", b"has_skill", "items_done", b"items_done", "items_total", b"items_total", "last", b"last", "max_attempts", b"max_attempts", "person_id", b"person_id", "position", b"position", "project_id", b"project_id", "retry_after", b"retry_after", "skill", b"skill", "state", b"state"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___QualificationStatus: _TypeAlias = QualificationStatus  # noqa: Y015
 
 @_typing.final
 class SubscribeLabelsRequest(_message.Message):

@@ -1304,7 +1304,8 @@ class ReviewServiceServicer:
 
     def ListFeedback(self, request, context):
         """A person's feedback, newest first: verdicts on their work (reason codes, comments), QA
-        results, final acceptances, dispute outcomes. Annotators read their own; managers anyone's.
+        results, final acceptances, dispute outcomes, qualification results, suspensions and
+        reinstatements (docs/quality.md). Annotators read their own; managers anyone's.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -1510,6 +1511,312 @@ class ReviewService:
             '/labelweave.api.v1.ReviewService/ListFeedback',
             labelweave_dot_api_dot_v1_dot_api__pb2.ListFeedbackRequest.SerializeToString,
             labelweave_dot_api_dot_v1_dot_api__pb2.ListFeedbackResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+
+class QualityServiceStub:
+    """---------------------------------------------------------------- gold and qualification
+
+    Gold accuracy, suspensions and qualifications (docs/quality.md). Gold and training tasks are
+    imported with TaskService.ImportTasks (`TaskSpec.gold`) and served by TaskService.NextTask.
+    """
+
+    def __init__(self, channel):
+        """Constructor.
+
+        Args:
+            channel: A grpc.Channel.
+        """
+        self.GetAccuracy = channel.unary_unary(
+                '/labelweave.api.v1.QualityService/GetAccuracy',
+                request_serializer=labelweave_dot_api_dot_v1_dot_api__pb2.GetAccuracyRequest.SerializeToString,
+                response_deserializer=labelweave_dot_api_dot_v1_dot_api__pb2.AccuracyReport.FromString,
+                _registered_method=True)
+        self.ListAccuracy = channel.unary_unary(
+                '/labelweave.api.v1.QualityService/ListAccuracy',
+                request_serializer=labelweave_dot_api_dot_v1_dot_api__pb2.ListAccuracyRequest.SerializeToString,
+                response_deserializer=labelweave_dot_api_dot_v1_dot_api__pb2.ListAccuracyResponse.FromString,
+                _registered_method=True)
+        self.ListSuspensions = channel.unary_unary(
+                '/labelweave.api.v1.QualityService/ListSuspensions',
+                request_serializer=labelweave_dot_api_dot_v1_dot_api__pb2.ListSuspensionsRequest.SerializeToString,
+                response_deserializer=labelweave_dot_api_dot_v1_dot_api__pb2.ListSuspensionsResponse.FromString,
+                _registered_method=True)
+        self.ReinstatePerson = channel.unary_unary(
+                '/labelweave.api.v1.QualityService/ReinstatePerson',
+                request_serializer=labelweave_dot_api_dot_v1_dot_api__pb2.ReinstatePersonRequest.SerializeToString,
+                response_deserializer=labelweave_dot_api_dot_v1_dot_api__pb2.AccuracyReport.FromString,
+                _registered_method=True)
+        self.StartQualification = channel.unary_unary(
+                '/labelweave.api.v1.QualityService/StartQualification',
+                request_serializer=labelweave_dot_api_dot_v1_dot_api__pb2.StartQualificationRequest.SerializeToString,
+                response_deserializer=labelweave_dot_api_dot_v1_dot_api__pb2.QualificationStatus.FromString,
+                _registered_method=True)
+        self.GetQualification = channel.unary_unary(
+                '/labelweave.api.v1.QualityService/GetQualification',
+                request_serializer=labelweave_dot_api_dot_v1_dot_api__pb2.GetQualificationRequest.SerializeToString,
+                response_deserializer=labelweave_dot_api_dot_v1_dot_api__pb2.QualificationStatus.FromString,
+                _registered_method=True)
+
+
+class QualityServiceServicer:
+    """---------------------------------------------------------------- gold and qualification
+
+    Gold accuracy, suspensions and qualifications (docs/quality.md). Gold and training tasks are
+    imported with TaskService.ImportTasks (`TaskSpec.gold`) and served by TaskService.NextTask.
+    """
+
+    def GetAccuracy(self, request, context):
+        """A person's rolling gold accuracy in a project, overall and per class (yourself; admins,
+        auditors, and the project's managers and QA anyone's). Only those see which tasks were gold.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListAccuracy(self, request, context):
+        """Everyone with gold results in a project (admins, auditors, managers, QA).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListSuspensions(self, request, context):
+        """People currently suspended from a project (admins, auditors, managers, QA).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ReinstatePerson(self, request, context):
+        """End a suspension (admins and the project's managers); the rolling record starts afresh.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def StartQualification(self, request, context):
+        """Take a project's qualification for a skill: NextTask then serves its training items.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetQualification(self, request, context):
+        """Where a person stands with a qualification (yourself; admins, auditors, managers, QA anyone).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+
+def add_QualityServiceServicer_to_server(servicer, server):
+    rpc_method_handlers = {
+            'GetAccuracy': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetAccuracy,
+                    request_deserializer=labelweave_dot_api_dot_v1_dot_api__pb2.GetAccuracyRequest.FromString,
+                    response_serializer=labelweave_dot_api_dot_v1_dot_api__pb2.AccuracyReport.SerializeToString,
+            ),
+            'ListAccuracy': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListAccuracy,
+                    request_deserializer=labelweave_dot_api_dot_v1_dot_api__pb2.ListAccuracyRequest.FromString,
+                    response_serializer=labelweave_dot_api_dot_v1_dot_api__pb2.ListAccuracyResponse.SerializeToString,
+            ),
+            'ListSuspensions': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListSuspensions,
+                    request_deserializer=labelweave_dot_api_dot_v1_dot_api__pb2.ListSuspensionsRequest.FromString,
+                    response_serializer=labelweave_dot_api_dot_v1_dot_api__pb2.ListSuspensionsResponse.SerializeToString,
+            ),
+            'ReinstatePerson': grpc.unary_unary_rpc_method_handler(
+                    servicer.ReinstatePerson,
+                    request_deserializer=labelweave_dot_api_dot_v1_dot_api__pb2.ReinstatePersonRequest.FromString,
+                    response_serializer=labelweave_dot_api_dot_v1_dot_api__pb2.AccuracyReport.SerializeToString,
+            ),
+            'StartQualification': grpc.unary_unary_rpc_method_handler(
+                    servicer.StartQualification,
+                    request_deserializer=labelweave_dot_api_dot_v1_dot_api__pb2.StartQualificationRequest.FromString,
+                    response_serializer=labelweave_dot_api_dot_v1_dot_api__pb2.QualificationStatus.SerializeToString,
+            ),
+            'GetQualification': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetQualification,
+                    request_deserializer=labelweave_dot_api_dot_v1_dot_api__pb2.GetQualificationRequest.FromString,
+                    response_serializer=labelweave_dot_api_dot_v1_dot_api__pb2.QualificationStatus.SerializeToString,
+            ),
+    }
+    generic_handler = grpc.method_handlers_generic_handler(
+            'labelweave.api.v1.QualityService', rpc_method_handlers)
+    server.add_generic_rpc_handlers((generic_handler,))
+    server.add_registered_method_handlers('labelweave.api.v1.QualityService', rpc_method_handlers)
+
+
+ # This class is part of an EXPERIMENTAL API.
+class QualityService:
+    """---------------------------------------------------------------- gold and qualification
+
+    Gold accuracy, suspensions and qualifications (docs/quality.md). Gold and training tasks are
+    imported with TaskService.ImportTasks (`TaskSpec.gold`) and served by TaskService.NextTask.
+    """
+
+    @staticmethod
+    def GetAccuracy(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/labelweave.api.v1.QualityService/GetAccuracy',
+            labelweave_dot_api_dot_v1_dot_api__pb2.GetAccuracyRequest.SerializeToString,
+            labelweave_dot_api_dot_v1_dot_api__pb2.AccuracyReport.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListAccuracy(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/labelweave.api.v1.QualityService/ListAccuracy',
+            labelweave_dot_api_dot_v1_dot_api__pb2.ListAccuracyRequest.SerializeToString,
+            labelweave_dot_api_dot_v1_dot_api__pb2.ListAccuracyResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListSuspensions(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/labelweave.api.v1.QualityService/ListSuspensions',
+            labelweave_dot_api_dot_v1_dot_api__pb2.ListSuspensionsRequest.SerializeToString,
+            labelweave_dot_api_dot_v1_dot_api__pb2.ListSuspensionsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ReinstatePerson(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/labelweave.api.v1.QualityService/ReinstatePerson',
+            labelweave_dot_api_dot_v1_dot_api__pb2.ReinstatePersonRequest.SerializeToString,
+            labelweave_dot_api_dot_v1_dot_api__pb2.AccuracyReport.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def StartQualification(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/labelweave.api.v1.QualityService/StartQualification',
+            labelweave_dot_api_dot_v1_dot_api__pb2.StartQualificationRequest.SerializeToString,
+            labelweave_dot_api_dot_v1_dot_api__pb2.QualificationStatus.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetQualification(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/labelweave.api.v1.QualityService/GetQualification',
+            labelweave_dot_api_dot_v1_dot_api__pb2.GetQualificationRequest.SerializeToString,
+            labelweave_dot_api_dot_v1_dot_api__pb2.QualificationStatus.FromString,
             options,
             channel_credentials,
             insecure,

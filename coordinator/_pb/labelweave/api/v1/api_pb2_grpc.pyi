@@ -328,7 +328,8 @@ class ReviewServiceStub:
     """Disputes of a project, open ones oldest first or resolved ones newest first."""
     ListFeedback: _grpc.UnaryUnaryMultiCallable[_api_pb2.ListFeedbackRequest, _api_pb2.ListFeedbackResponse]
     """A person's feedback, newest first: verdicts on their work (reason codes, comments), QA
-    results, final acceptances, dispute outcomes. Annotators read their own; managers anyone's.
+    results, final acceptances, dispute outcomes, qualification results, suspensions and
+    reinstatements (docs/quality.md). Annotators read their own; managers anyone's.
     """
 
 @_typing.type_check_only
@@ -354,7 +355,8 @@ class ReviewServiceAsyncStub(ReviewServiceStub):
     """Disputes of a project, open ones oldest first or resolved ones newest first."""
     ListFeedback: _aio.UnaryUnaryMultiCallable[_api_pb2.ListFeedbackRequest, _api_pb2.ListFeedbackResponse]  # type: ignore[assignment]
     """A person's feedback, newest first: verdicts on their work (reason codes, comments), QA
-    results, final acceptances, dispute outcomes. Annotators read their own; managers anyone's.
+    results, final acceptances, dispute outcomes, qualification results, suspensions and
+    reinstatements (docs/quality.md). Annotators read their own; managers anyone's.
     """
 
 class ReviewServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -413,10 +415,120 @@ class ReviewServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_api_pb2.ListFeedbackResponse, _abc.Awaitable[_api_pb2.ListFeedbackResponse]]:
         """A person's feedback, newest first: verdicts on their work (reason codes, comments), QA
-        results, final acceptances, dispute outcomes. Annotators read their own; managers anyone's.
+        results, final acceptances, dispute outcomes, qualification results, suspensions and
+        reinstatements (docs/quality.md). Annotators read their own; managers anyone's.
         """
 
 def add_ReviewServiceServicer_to_server(servicer: ReviewServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
+
+class QualityServiceStub:
+    """---------------------------------------------------------------- gold and qualification
+
+    Gold accuracy, suspensions and qualifications (docs/quality.md). Gold and training tasks are
+    imported with TaskService.ImportTasks (`TaskSpec.gold`) and served by TaskService.NextTask.
+    """
+
+    @_typing.overload
+    def __new__(cls, channel: _grpc.Channel) -> _Self: ...
+    @_typing.overload
+    def __new__(cls, channel: _aio.Channel) -> QualityServiceAsyncStub: ...
+    GetAccuracy: _grpc.UnaryUnaryMultiCallable[_api_pb2.GetAccuracyRequest, _api_pb2.AccuracyReport]
+    """A person's rolling gold accuracy in a project, overall and per class (yourself; admins,
+    auditors, and the project's managers and QA anyone's). Only those see which tasks were gold.
+    """
+    ListAccuracy: _grpc.UnaryUnaryMultiCallable[_api_pb2.ListAccuracyRequest, _api_pb2.ListAccuracyResponse]
+    """Everyone with gold results in a project (admins, auditors, managers, QA)."""
+    ListSuspensions: _grpc.UnaryUnaryMultiCallable[_api_pb2.ListSuspensionsRequest, _api_pb2.ListSuspensionsResponse]
+    """People currently suspended from a project (admins, auditors, managers, QA)."""
+    ReinstatePerson: _grpc.UnaryUnaryMultiCallable[_api_pb2.ReinstatePersonRequest, _api_pb2.AccuracyReport]
+    """End a suspension (admins and the project's managers); the rolling record starts afresh."""
+    StartQualification: _grpc.UnaryUnaryMultiCallable[_api_pb2.StartQualificationRequest, _api_pb2.QualificationStatus]
+    """Take a project's qualification for a skill: NextTask then serves its training items."""
+    GetQualification: _grpc.UnaryUnaryMultiCallable[_api_pb2.GetQualificationRequest, _api_pb2.QualificationStatus]
+    """Where a person stands with a qualification (yourself; admins, auditors, managers, QA anyone)."""
+
+@_typing.type_check_only
+class QualityServiceAsyncStub(QualityServiceStub):
+    """---------------------------------------------------------------- gold and qualification
+
+    Gold accuracy, suspensions and qualifications (docs/quality.md). Gold and training tasks are
+    imported with TaskService.ImportTasks (`TaskSpec.gold`) and served by TaskService.NextTask.
+    """
+
+    def __init__(self, channel: _aio.Channel) -> None: ...
+    GetAccuracy: _aio.UnaryUnaryMultiCallable[_api_pb2.GetAccuracyRequest, _api_pb2.AccuracyReport]  # type: ignore[assignment]
+    """A person's rolling gold accuracy in a project, overall and per class (yourself; admins,
+    auditors, and the project's managers and QA anyone's). Only those see which tasks were gold.
+    """
+    ListAccuracy: _aio.UnaryUnaryMultiCallable[_api_pb2.ListAccuracyRequest, _api_pb2.ListAccuracyResponse]  # type: ignore[assignment]
+    """Everyone with gold results in a project (admins, auditors, managers, QA)."""
+    ListSuspensions: _aio.UnaryUnaryMultiCallable[_api_pb2.ListSuspensionsRequest, _api_pb2.ListSuspensionsResponse]  # type: ignore[assignment]
+    """People currently suspended from a project (admins, auditors, managers, QA)."""
+    ReinstatePerson: _aio.UnaryUnaryMultiCallable[_api_pb2.ReinstatePersonRequest, _api_pb2.AccuracyReport]  # type: ignore[assignment]
+    """End a suspension (admins and the project's managers); the rolling record starts afresh."""
+    StartQualification: _aio.UnaryUnaryMultiCallable[_api_pb2.StartQualificationRequest, _api_pb2.QualificationStatus]  # type: ignore[assignment]
+    """Take a project's qualification for a skill: NextTask then serves its training items."""
+    GetQualification: _aio.UnaryUnaryMultiCallable[_api_pb2.GetQualificationRequest, _api_pb2.QualificationStatus]  # type: ignore[assignment]
+    """Where a person stands with a qualification (yourself; admins, auditors, managers, QA anyone)."""
+
+class QualityServiceServicer(metaclass=_abc_1.ABCMeta):
+    """---------------------------------------------------------------- gold and qualification
+
+    Gold accuracy, suspensions and qualifications (docs/quality.md). Gold and training tasks are
+    imported with TaskService.ImportTasks (`TaskSpec.gold`) and served by TaskService.NextTask.
+    """
+
+    @_abc_1.abstractmethod
+    def GetAccuracy(
+        self,
+        request: _api_pb2.GetAccuracyRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_api_pb2.AccuracyReport, _abc.Awaitable[_api_pb2.AccuracyReport]]:
+        """A person's rolling gold accuracy in a project, overall and per class (yourself; admins,
+        auditors, and the project's managers and QA anyone's). Only those see which tasks were gold.
+        """
+
+    @_abc_1.abstractmethod
+    def ListAccuracy(
+        self,
+        request: _api_pb2.ListAccuracyRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_api_pb2.ListAccuracyResponse, _abc.Awaitable[_api_pb2.ListAccuracyResponse]]:
+        """Everyone with gold results in a project (admins, auditors, managers, QA)."""
+
+    @_abc_1.abstractmethod
+    def ListSuspensions(
+        self,
+        request: _api_pb2.ListSuspensionsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_api_pb2.ListSuspensionsResponse, _abc.Awaitable[_api_pb2.ListSuspensionsResponse]]:
+        """People currently suspended from a project (admins, auditors, managers, QA)."""
+
+    @_abc_1.abstractmethod
+    def ReinstatePerson(
+        self,
+        request: _api_pb2.ReinstatePersonRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_api_pb2.AccuracyReport, _abc.Awaitable[_api_pb2.AccuracyReport]]:
+        """End a suspension (admins and the project's managers); the rolling record starts afresh."""
+
+    @_abc_1.abstractmethod
+    def StartQualification(
+        self,
+        request: _api_pb2.StartQualificationRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_api_pb2.QualificationStatus, _abc.Awaitable[_api_pb2.QualificationStatus]]:
+        """Take a project's qualification for a skill: NextTask then serves its training items."""
+
+    @_abc_1.abstractmethod
+    def GetQualification(
+        self,
+        request: _api_pb2.GetQualificationRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_api_pb2.QualificationStatus, _abc.Awaitable[_api_pb2.QualificationStatus]]:
+        """Where a person stands with a qualification (yourself; admins, auditors, managers, QA anyone)."""
+
+def add_QualityServiceServicer_to_server(servicer: QualityServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
 
 class LabelStreamServiceStub:
     """---------------------------------------------------------------- streams"""

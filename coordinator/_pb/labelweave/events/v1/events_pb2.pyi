@@ -71,6 +71,13 @@ class EventEnvelope(_message.Message):
     PERSON_UPDATED_FIELD_NUMBER: _builtins.int
     TOKEN_ISSUED_FIELD_NUMBER: _builtins.int
     TOKEN_REVOKED_FIELD_NUMBER: _builtins.int
+    GOLD_RESULT_RECORDED_FIELD_NUMBER: _builtins.int
+    PERSON_SUSPENDED_FIELD_NUMBER: _builtins.int
+    RETRAINING_ASSIGNED_FIELD_NUMBER: _builtins.int
+    PERSON_REINSTATED_FIELD_NUMBER: _builtins.int
+    QUALIFICATION_STARTED_FIELD_NUMBER: _builtins.int
+    QUALIFICATION_COMPLETED_FIELD_NUMBER: _builtins.int
+    SKILL_GRANTED_FIELD_NUMBER: _builtins.int
     TASK_IMPORTED_FIELD_NUMBER: _builtins.int
     PRELABEL_INGESTED_FIELD_NUMBER: _builtins.int
     TASK_LEASED_FIELD_NUMBER: _builtins.int
@@ -86,6 +93,8 @@ class EventEnvelope(_message.Message):
     REVIEW_ROUTED_FIELD_NUMBER: _builtins.int
     DISPUTE_OPENED_FIELD_NUMBER: _builtins.int
     DISPUTE_RESOLVED_FIELD_NUMBER: _builtins.int
+    GOLD_TASK_IMPORTED_FIELD_NUMBER: _builtins.int
+    GOLD_SCORED_FIELD_NUMBER: _builtins.int
     event_id: _builtins.str
     """UUIDv7"""
     stream_id: _builtins.str
@@ -135,6 +144,20 @@ class EventEnvelope(_message.Message):
     @_builtins.property
     def token_revoked(self) -> Global___TokenRevoked: ...
     @_builtins.property
+    def gold_result_recorded(self) -> Global___GoldResultRecorded: ...
+    @_builtins.property
+    def person_suspended(self) -> Global___PersonSuspended: ...
+    @_builtins.property
+    def retraining_assigned(self) -> Global___RetrainingAssigned: ...
+    @_builtins.property
+    def person_reinstated(self) -> Global___PersonReinstated: ...
+    @_builtins.property
+    def qualification_started(self) -> Global___QualificationStarted: ...
+    @_builtins.property
+    def qualification_completed(self) -> Global___QualificationCompleted: ...
+    @_builtins.property
+    def skill_granted(self) -> Global___SkillGranted: ...
+    @_builtins.property
     def task_imported(self) -> Global___TaskImported:
         """task stream"""
 
@@ -166,6 +189,10 @@ class EventEnvelope(_message.Message):
     def dispute_opened(self) -> Global___DisputeOpened: ...
     @_builtins.property
     def dispute_resolved(self) -> Global___DisputeResolved: ...
+    @_builtins.property
+    def gold_task_imported(self) -> Global___GoldTaskImported: ...
+    @_builtins.property
+    def gold_scored(self) -> Global___GoldScored: ...
     def __init__(
         self,
         *,
@@ -190,6 +217,13 @@ class EventEnvelope(_message.Message):
         person_updated: Global___PersonUpdated | None = ...,
         token_issued: Global___TokenIssued | None = ...,
         token_revoked: Global___TokenRevoked | None = ...,
+        gold_result_recorded: Global___GoldResultRecorded | None = ...,
+        person_suspended: Global___PersonSuspended | None = ...,
+        retraining_assigned: Global___RetrainingAssigned | None = ...,
+        person_reinstated: Global___PersonReinstated | None = ...,
+        qualification_started: Global___QualificationStarted | None = ...,
+        qualification_completed: Global___QualificationCompleted | None = ...,
+        skill_granted: Global___SkillGranted | None = ...,
         task_imported: Global___TaskImported | None = ...,
         prelabel_ingested: Global___PrelabelIngested | None = ...,
         task_leased: Global___TaskLeased | None = ...,
@@ -205,12 +239,14 @@ class EventEnvelope(_message.Message):
         review_routed: Global___ReviewRouted | None = ...,
         dispute_opened: Global___DisputeOpened | None = ...,
         dispute_resolved: Global___DisputeResolved | None = ...,
+        gold_task_imported: Global___GoldTaskImported | None = ...,
+        gold_scored: Global___GoldScored | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["actor", b"actor", "annotation_abandoned", b"annotation_abandoned", "annotation_accepted", b"annotation_accepted", "annotation_edited", b"annotation_edited", "annotation_submitted", b"annotation_submitted", "dispute_opened", b"dispute_opened", "dispute_resolved", b"dispute_resolved", "guideline_published", b"guideline_published", "label_schema_published", b"label_schema_published", "lease_expired", b"lease_expired", "lease_released", b"lease_released", "occurred_at", b"occurred_at", "payload", b"payload", "person_registered", b"person_registered", "person_updated", b"person_updated", "prelabel_ingested", b"prelabel_ingested", "project_created", b"project_created", "project_member_added", b"project_member_added", "project_member_removed", b"project_member_removed", "project_settings_changed", b"project_settings_changed", "recorded_at", b"recorded_at", "review_recorded", b"review_recorded", "review_routed", b"review_routed", "task_completed", b"task_completed", "task_imported", b"task_imported", "task_leased", b"task_leased", "task_reopened", b"task_reopened", "token_issued", b"token_issued", "token_revoked", b"token_revoked"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["actor", b"actor", "annotation_abandoned", b"annotation_abandoned", "annotation_accepted", b"annotation_accepted", "annotation_edited", b"annotation_edited", "annotation_submitted", b"annotation_submitted", "dispute_opened", b"dispute_opened", "dispute_resolved", b"dispute_resolved", "gold_result_recorded", b"gold_result_recorded", "gold_scored", b"gold_scored", "gold_task_imported", b"gold_task_imported", "guideline_published", b"guideline_published", "label_schema_published", b"label_schema_published", "lease_expired", b"lease_expired", "lease_released", b"lease_released", "occurred_at", b"occurred_at", "payload", b"payload", "person_registered", b"person_registered", "person_reinstated", b"person_reinstated", "person_suspended", b"person_suspended", "person_updated", b"person_updated", "prelabel_ingested", b"prelabel_ingested", "project_created", b"project_created", "project_member_added", b"project_member_added", "project_member_removed", b"project_member_removed", "project_settings_changed", b"project_settings_changed", "qualification_completed", b"qualification_completed", "qualification_started", b"qualification_started", "recorded_at", b"recorded_at", "retraining_assigned", b"retraining_assigned", "review_recorded", b"review_recorded", "review_routed", b"review_routed", "skill_granted", b"skill_granted", "task_completed", b"task_completed", "task_imported", b"task_imported", "task_leased", b"task_leased", "task_reopened", b"task_reopened", "token_issued", b"token_issued", "token_revoked", b"token_revoked"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["actor", b"actor", "annotation_abandoned", b"annotation_abandoned", "annotation_accepted", b"annotation_accepted", "annotation_edited", b"annotation_edited", "annotation_submitted", b"annotation_submitted", "causation_id", b"causation_id", "command_id", b"command_id", "correlation_id", b"correlation_id", "dispute_opened", b"dispute_opened", "dispute_resolved", b"dispute_resolved", "event_id", b"event_id", "guideline_published", b"guideline_published", "label_schema_published", b"label_schema_published", "lease_expired", b"lease_expired", "lease_released", b"lease_released", "occurred_at", b"occurred_at", "payload", b"payload", "person_registered", b"person_registered", "person_updated", b"person_updated", "prelabel_ingested", b"prelabel_ingested", "project_created", b"project_created", "project_member_added", b"project_member_added", "project_member_removed", b"project_member_removed", "project_settings_changed", b"project_settings_changed", "recorded_at", b"recorded_at", "review_recorded", b"review_recorded", "review_routed", b"review_routed", "schema_version", b"schema_version", "stream_id", b"stream_id", "stream_version", b"stream_version", "task_completed", b"task_completed", "task_imported", b"task_imported", "task_leased", b"task_leased", "task_reopened", b"task_reopened", "token_issued", b"token_issued", "token_revoked", b"token_revoked", "type", b"type"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["actor", b"actor", "annotation_abandoned", b"annotation_abandoned", "annotation_accepted", b"annotation_accepted", "annotation_edited", b"annotation_edited", "annotation_submitted", b"annotation_submitted", "causation_id", b"causation_id", "command_id", b"command_id", "correlation_id", b"correlation_id", "dispute_opened", b"dispute_opened", "dispute_resolved", b"dispute_resolved", "event_id", b"event_id", "gold_result_recorded", b"gold_result_recorded", "gold_scored", b"gold_scored", "gold_task_imported", b"gold_task_imported", "guideline_published", b"guideline_published", "label_schema_published", b"label_schema_published", "lease_expired", b"lease_expired", "lease_released", b"lease_released", "occurred_at", b"occurred_at", "payload", b"payload", "person_registered", b"person_registered", "person_reinstated", b"person_reinstated", "person_suspended", b"person_suspended", "person_updated", b"person_updated", "prelabel_ingested", b"prelabel_ingested", "project_created", b"project_created", "project_member_added", b"project_member_added", "project_member_removed", b"project_member_removed", "project_settings_changed", b"project_settings_changed", "qualification_completed", b"qualification_completed", "qualification_started", b"qualification_started", "recorded_at", b"recorded_at", "retraining_assigned", b"retraining_assigned", "review_recorded", b"review_recorded", "review_routed", b"review_routed", "schema_version", b"schema_version", "skill_granted", b"skill_granted", "stream_id", b"stream_id", "stream_version", b"stream_version", "task_completed", b"task_completed", "task_imported", b"task_imported", "task_leased", b"task_leased", "task_reopened", b"task_reopened", "token_issued", b"token_issued", "token_revoked", b"token_revoked", "type", b"type"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    _WhichOneofReturnType_payload: _TypeAlias = _typing.Literal["project_created", "label_schema_published", "guideline_published", "project_member_added", "project_member_removed", "project_settings_changed", "person_registered", "person_updated", "token_issued", "token_revoked", "task_imported", "prelabel_ingested", "task_leased", "lease_released", "lease_expired", "annotation_submitted", "annotation_edited", "review_recorded", "annotation_accepted", "task_completed", "task_reopened", "annotation_abandoned", "review_routed", "dispute_opened", "dispute_resolved"]  # noqa: Y015
+    _WhichOneofReturnType_payload: _TypeAlias = _typing.Literal["project_created", "label_schema_published", "guideline_published", "project_member_added", "project_member_removed", "project_settings_changed", "person_registered", "person_updated", "token_issued", "token_revoked", "gold_result_recorded", "person_suspended", "retraining_assigned", "person_reinstated", "qualification_started", "qualification_completed", "skill_granted", "task_imported", "prelabel_ingested", "task_leased", "lease_released", "lease_expired", "annotation_submitted", "annotation_edited", "review_recorded", "annotation_accepted", "task_completed", "task_reopened", "annotation_abandoned", "review_routed", "dispute_opened", "dispute_resolved", "gold_task_imported", "gold_scored"]  # noqa: Y015
     _WhichOneofArgType_payload: _TypeAlias = _typing.Literal["payload", b"payload"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType_payload) -> _WhichOneofReturnType_payload | None: ...
 
@@ -537,10 +573,13 @@ class TaskLeased(_message.Message):
     PERSON_ID_FIELD_NUMBER: _builtins.int
     EXPIRES_AT_FIELD_NUMBER: _builtins.int
     PROJECT_ID_FIELD_NUMBER: _builtins.int
+    ATTEMPT_FIELD_NUMBER: _builtins.int
     task_id: _builtins.str
     lease_id: _builtins.str
     person_id: _builtins.str
     project_id: _builtins.str
+    attempt: _builtins.int
+    """a training item: the qualification attempt it was leased for"""
     @_builtins.property
     def expires_at(self) -> _timestamp_pb2.Timestamp: ...
     def __init__(
@@ -551,10 +590,11 @@ class TaskLeased(_message.Message):
         person_id: _builtins.str = ...,
         expires_at: _timestamp_pb2.Timestamp | None = ...,
         project_id: _builtins.str = ...,
+        attempt: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["expires_at", b"expires_at"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["expires_at", b"expires_at", "lease_id", b"lease_id", "person_id", b"person_id", "project_id", b"project_id", "task_id", b"task_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempt", b"attempt", "expires_at", b"expires_at", "lease_id", b"lease_id", "person_id", b"person_id", "project_id", b"project_id", "task_id", b"task_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -1073,3 +1113,461 @@ class DisputeResolved(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___DisputeResolved: _TypeAlias = DisputeResolved  # noqa: Y015
+
+@_typing.final
+class GoldTaskImported(_message.Message):
+    """---------------------------------------------------------------- gold and qualification
+    docs/quality.md. Scores and decisions are made once, when the command is decided, and
+    recorded here; replaying the log never scores or decides again.
+
+    A task with a known answer (task stream). Gold tasks are not queued like other tasks: NextTask
+    mixes them in at the project's gold rate, or serves them as qualification items (training).
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PROJECT_ID_FIELD_NUMBER: _builtins.int
+    BATCH_ID_FIELD_NUMBER: _builtins.int
+    TASK_FIELD_NUMBER: _builtins.int
+    GOLD_FIELD_NUMBER: _builtins.int
+    LEASE_SECONDS_FIELD_NUMBER: _builtins.int
+    project_id: _builtins.str
+    batch_id: _builtins.str
+    lease_seconds: _builtins.int
+    @_builtins.property
+    def task(self) -> _model_pb2.TaskSpec:
+        """without `gold`: the known answer is only in `gold` below"""
+
+    @_builtins.property
+    def gold(self) -> _model_pb2.GoldSpec: ...
+    def __init__(
+        self,
+        *,
+        project_id: _builtins.str = ...,
+        batch_id: _builtins.str = ...,
+        task: _model_pb2.TaskSpec | None = ...,
+        gold: _model_pb2.GoldSpec | None = ...,
+        lease_seconds: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["gold", b"gold", "task", b"task"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["batch_id", b"batch_id", "gold", b"gold", "lease_seconds", b"lease_seconds", "project_id", b"project_id", "task", b"task"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GoldTaskImported: _TypeAlias = GoldTaskImported  # noqa: Y015
+
+@_typing.final
+class GoldScored(_message.Message):
+    """A submission on a gold or training task, scored against the known answer (task stream, in the
+    same command as its AnnotationSubmitted). Gold work is never reviewed nor accepted as a label.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TASK_ID_FIELD_NUMBER: _builtins.int
+    PROJECT_ID_FIELD_NUMBER: _builtins.int
+    ANNOTATION_ID_FIELD_NUMBER: _builtins.int
+    PERSON_ID_FIELD_NUMBER: _builtins.int
+    PURPOSE_FIELD_NUMBER: _builtins.int
+    SKILL_FIELD_NUMBER: _builtins.int
+    ATTEMPT_FIELD_NUMBER: _builtins.int
+    SCORE_FIELD_NUMBER: _builtins.int
+    PASSED_FIELD_NUMBER: _builtins.int
+    CLASSES_FIELD_NUMBER: _builtins.int
+    IOU_THRESHOLD_FIELD_NUMBER: _builtins.int
+    OKS_THRESHOLD_FIELD_NUMBER: _builtins.int
+    PASS_SCORE_FIELD_NUMBER: _builtins.int
+    task_id: _builtins.str
+    project_id: _builtins.str
+    annotation_id: _builtins.str
+    person_id: _builtins.str
+    purpose: _model_pb2.GoldPurpose.ValueType
+    skill: _builtins.str
+    """training: the qualification's skill"""
+    attempt: _builtins.int
+    """training: the attempt the item was leased for"""
+    score: _builtins.float
+    """matched / (matched + missed + extra); 1 when both are empty"""
+    passed: _builtins.bool
+    """score >= pass_score"""
+    iou_threshold: _builtins.float
+    """the thresholds used"""
+    oks_threshold: _builtins.float
+    pass_score: _builtins.float
+    @_builtins.property
+    def classes(self) -> _containers.RepeatedCompositeFieldContainer[_model_pb2.ClassScore]: ...
+    def __init__(
+        self,
+        *,
+        task_id: _builtins.str = ...,
+        project_id: _builtins.str = ...,
+        annotation_id: _builtins.str = ...,
+        person_id: _builtins.str = ...,
+        purpose: _model_pb2.GoldPurpose.ValueType = ...,
+        skill: _builtins.str = ...,
+        attempt: _builtins.int = ...,
+        score: _builtins.float = ...,
+        passed: _builtins.bool = ...,
+        classes: _abc.Iterable[_model_pb2.ClassScore] | None = ...,
+        iou_threshold: _builtins.float = ...,
+        oks_threshold: _builtins.float = ...,
+        pass_score: _builtins.float = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["annotation_id", b"annotation_id", "attempt", b"attempt", "classes", b"classes", "iou_threshold", b"iou_threshold", "oks_threshold", b"oks_threshold", "pass_score", b"pass_score", "passed", b"passed", "person_id", b"person_id", "project_id", b"project_id", "purpose", b"purpose", "score", b"score", "skill", b"skill", "task_id", b"task_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GoldScored: _TypeAlias = GoldScored  # noqa: Y015
+
+@_typing.final
+class GoldResultRecorded(_message.Message):
+    """A gold result entered the person's record (person stream; command id `gold/<GoldScored
+    event id>`). For gold (not training) results it carries the rolling record after it, as
+    decided: the last `window` results since the person was last reinstated.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PERSON_ID_FIELD_NUMBER: _builtins.int
+    PROJECT_ID_FIELD_NUMBER: _builtins.int
+    TASK_ID_FIELD_NUMBER: _builtins.int
+    ANNOTATION_ID_FIELD_NUMBER: _builtins.int
+    GOLD_EVENT_ID_FIELD_NUMBER: _builtins.int
+    PURPOSE_FIELD_NUMBER: _builtins.int
+    SKILL_FIELD_NUMBER: _builtins.int
+    ATTEMPT_FIELD_NUMBER: _builtins.int
+    SCORE_FIELD_NUMBER: _builtins.int
+    PASSED_FIELD_NUMBER: _builtins.int
+    CLASSES_FIELD_NUMBER: _builtins.int
+    WINDOW_FIELD_NUMBER: _builtins.int
+    RESULTS_FIELD_NUMBER: _builtins.int
+    PASSED_RESULTS_FIELD_NUMBER: _builtins.int
+    ACCURACY_FIELD_NUMBER: _builtins.int
+    person_id: _builtins.str
+    project_id: _builtins.str
+    task_id: _builtins.str
+    annotation_id: _builtins.str
+    gold_event_id: _builtins.str
+    """the GoldScored event"""
+    purpose: _model_pb2.GoldPurpose.ValueType
+    skill: _builtins.str
+    attempt: _builtins.int
+    score: _builtins.float
+    passed: _builtins.bool
+    window: _builtins.int
+    """gold: N of "the last N results" """
+    results: _builtins.int
+    """gold: results in the window now"""
+    passed_results: _builtins.int
+    accuracy: _builtins.float
+    """gold: passed_results / results"""
+    @_builtins.property
+    def classes(self) -> _containers.RepeatedCompositeFieldContainer[_model_pb2.ClassScore]: ...
+    def __init__(
+        self,
+        *,
+        person_id: _builtins.str = ...,
+        project_id: _builtins.str = ...,
+        task_id: _builtins.str = ...,
+        annotation_id: _builtins.str = ...,
+        gold_event_id: _builtins.str = ...,
+        purpose: _model_pb2.GoldPurpose.ValueType = ...,
+        skill: _builtins.str = ...,
+        attempt: _builtins.int = ...,
+        score: _builtins.float = ...,
+        passed: _builtins.bool = ...,
+        classes: _abc.Iterable[_model_pb2.ClassScore] | None = ...,
+        window: _builtins.int = ...,
+        results: _builtins.int = ...,
+        passed_results: _builtins.int = ...,
+        accuracy: _builtins.float = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["accuracy", b"accuracy", "annotation_id", b"annotation_id", "attempt", b"attempt", "classes", b"classes", "gold_event_id", b"gold_event_id", "passed", b"passed", "passed_results", b"passed_results", "person_id", b"person_id", "project_id", b"project_id", "purpose", b"purpose", "results", b"results", "score", b"score", "skill", b"skill", "task_id", b"task_id", "window", b"window"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GoldResultRecorded: _TypeAlias = GoldResultRecorded  # noqa: Y015
+
+@_typing.final
+class PersonSuspended(_message.Message):
+    """The person's rolling gold accuracy fell below the project's threshold: no more work of the
+    project until a manager reinstates them or they pass the retraining qualification.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PERSON_ID_FIELD_NUMBER: _builtins.int
+    PROJECT_ID_FIELD_NUMBER: _builtins.int
+    REASON_FIELD_NUMBER: _builtins.int
+    ACCURACY_FIELD_NUMBER: _builtins.int
+    THRESHOLD_FIELD_NUMBER: _builtins.int
+    RESULTS_FIELD_NUMBER: _builtins.int
+    GOLD_EVENT_ID_FIELD_NUMBER: _builtins.int
+    person_id: _builtins.str
+    project_id: _builtins.str
+    reason: _builtins.str
+    accuracy: _builtins.float
+    threshold: _builtins.float
+    results: _builtins.int
+    gold_event_id: _builtins.str
+    """the result that crossed the threshold"""
+    def __init__(
+        self,
+        *,
+        person_id: _builtins.str = ...,
+        project_id: _builtins.str = ...,
+        reason: _builtins.str = ...,
+        accuracy: _builtins.float = ...,
+        threshold: _builtins.float = ...,
+        results: _builtins.int = ...,
+        gold_event_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["accuracy", b"accuracy", "gold_event_id", b"gold_event_id", "person_id", b"person_id", "project_id", b"project_id", "reason", b"reason", "results", b"results", "threshold", b"threshold"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___PersonSuspended: _TypeAlias = PersonSuspended  # noqa: Y015
+
+@_typing.final
+class RetrainingAssigned(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PERSON_ID_FIELD_NUMBER: _builtins.int
+    PROJECT_ID_FIELD_NUMBER: _builtins.int
+    SKILL_FIELD_NUMBER: _builtins.int
+    NOTE_FIELD_NUMBER: _builtins.int
+    person_id: _builtins.str
+    project_id: _builtins.str
+    skill: _builtins.str
+    """the qualification to pass again ("": a manager reinstates)"""
+    note: _builtins.str
+    def __init__(
+        self,
+        *,
+        person_id: _builtins.str = ...,
+        project_id: _builtins.str = ...,
+        skill: _builtins.str = ...,
+        note: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["note", b"note", "person_id", b"person_id", "project_id", b"project_id", "skill", b"skill"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RetrainingAssigned: _TypeAlias = RetrainingAssigned  # noqa: Y015
+
+@_typing.final
+class PersonReinstated(_message.Message):
+    """The suspension ends; the rolling record starts afresh."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PERSON_ID_FIELD_NUMBER: _builtins.int
+    PROJECT_ID_FIELD_NUMBER: _builtins.int
+    REINSTATED_BY_FIELD_NUMBER: _builtins.int
+    REASON_FIELD_NUMBER: _builtins.int
+    SKILL_FIELD_NUMBER: _builtins.int
+    person_id: _builtins.str
+    project_id: _builtins.str
+    reinstated_by: _builtins.str
+    """the manager; "" when the person passed the qualification"""
+    reason: _builtins.str
+    skill: _builtins.str
+    """the qualification passed, when reinstated by passing it"""
+    def __init__(
+        self,
+        *,
+        person_id: _builtins.str = ...,
+        project_id: _builtins.str = ...,
+        reinstated_by: _builtins.str = ...,
+        reason: _builtins.str = ...,
+        skill: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["person_id", b"person_id", "project_id", b"project_id", "reason", b"reason", "reinstated_by", b"reinstated_by", "skill", b"skill"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___PersonReinstated: _TypeAlias = PersonReinstated  # noqa: Y015
+
+@_typing.final
+class QualificationStarted(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PERSON_ID_FIELD_NUMBER: _builtins.int
+    PROJECT_ID_FIELD_NUMBER: _builtins.int
+    SKILL_FIELD_NUMBER: _builtins.int
+    ATTEMPT_FIELD_NUMBER: _builtins.int
+    TASK_IDS_FIELD_NUMBER: _builtins.int
+    STARTED_AT_FIELD_NUMBER: _builtins.int
+    MAX_ATTEMPTS_FIELD_NUMBER: _builtins.int
+    CYCLE_ATTEMPT_FIELD_NUMBER: _builtins.int
+    MIN_SCORE_FIELD_NUMBER: _builtins.int
+    COOLDOWN_SECONDS_FIELD_NUMBER: _builtins.int
+    LEVEL_FIELD_NUMBER: _builtins.int
+    person_id: _builtins.str
+    project_id: _builtins.str
+    skill: _builtins.str
+    attempt: _builtins.int
+    """1, 2, ... per (project, skill), never reused"""
+    max_attempts: _builtins.int
+    cycle_attempt: _builtins.int
+    """attempts used in the current cycle, this one included"""
+    min_score: _builtins.float
+    """the qualification's rules, copied so the attempt decides alone"""
+    cooldown_seconds: _builtins.int
+    level: _builtins.int
+    @_builtins.property
+    def task_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """the training items of this attempt"""
+
+    @_builtins.property
+    def started_at(self) -> _timestamp_pb2.Timestamp: ...
+    def __init__(
+        self,
+        *,
+        person_id: _builtins.str = ...,
+        project_id: _builtins.str = ...,
+        skill: _builtins.str = ...,
+        attempt: _builtins.int = ...,
+        task_ids: _abc.Iterable[_builtins.str] | None = ...,
+        started_at: _timestamp_pb2.Timestamp | None = ...,
+        max_attempts: _builtins.int = ...,
+        cycle_attempt: _builtins.int = ...,
+        min_score: _builtins.float = ...,
+        cooldown_seconds: _builtins.int = ...,
+        level: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["started_at", b"started_at"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempt", b"attempt", "cooldown_seconds", b"cooldown_seconds", "cycle_attempt", b"cycle_attempt", "level", b"level", "max_attempts", b"max_attempts", "min_score", b"min_score", "person_id", b"person_id", "project_id", b"project_id", "skill", b"skill", "started_at", b"started_at", "task_ids", b"task_ids"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___QualificationStarted: _TypeAlias = QualificationStarted  # noqa: Y015
+
+@_typing.final
+class QualificationItem(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TASK_ID_FIELD_NUMBER: _builtins.int
+    SCORE_FIELD_NUMBER: _builtins.int
+    PASSED_FIELD_NUMBER: _builtins.int
+    CLASSES_FIELD_NUMBER: _builtins.int
+    task_id: _builtins.str
+    score: _builtins.float
+    passed: _builtins.bool
+    @_builtins.property
+    def classes(self) -> _containers.RepeatedCompositeFieldContainer[_model_pb2.ClassScore]: ...
+    def __init__(
+        self,
+        *,
+        task_id: _builtins.str = ...,
+        score: _builtins.float = ...,
+        passed: _builtins.bool = ...,
+        classes: _abc.Iterable[_model_pb2.ClassScore] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["classes", b"classes", "passed", b"passed", "score", b"score", "task_id", b"task_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___QualificationItem: _TypeAlias = QualificationItem  # noqa: Y015
+
+@_typing.final
+class QualificationCompleted(_message.Message):
+    """Every item of an attempt is scored. Passed: SkillGranted follows (and PersonReinstated, when
+    this was the retraining of a suspension). Failed: `items` says which were wrong.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PERSON_ID_FIELD_NUMBER: _builtins.int
+    PROJECT_ID_FIELD_NUMBER: _builtins.int
+    SKILL_FIELD_NUMBER: _builtins.int
+    ATTEMPT_FIELD_NUMBER: _builtins.int
+    PASSED_FIELD_NUMBER: _builtins.int
+    SCORE_FIELD_NUMBER: _builtins.int
+    MIN_SCORE_FIELD_NUMBER: _builtins.int
+    ITEMS_FIELD_NUMBER: _builtins.int
+    RETRY_AFTER_FIELD_NUMBER: _builtins.int
+    ATTEMPTS_LEFT_FIELD_NUMBER: _builtins.int
+    person_id: _builtins.str
+    project_id: _builtins.str
+    skill: _builtins.str
+    attempt: _builtins.int
+    passed: _builtins.bool
+    score: _builtins.float
+    """share of items passed"""
+    min_score: _builtins.float
+    attempts_left: _builtins.int
+    """failed: attempts left in this cycle"""
+    @_builtins.property
+    def items(self) -> _containers.RepeatedCompositeFieldContainer[Global___QualificationItem]: ...
+    @_builtins.property
+    def retry_after(self) -> _timestamp_pb2.Timestamp:
+        """failed: no new attempt before this"""
+
+    def __init__(
+        self,
+        *,
+        person_id: _builtins.str = ...,
+        project_id: _builtins.str = ...,
+        skill: _builtins.str = ...,
+        attempt: _builtins.int = ...,
+        passed: _builtins.bool = ...,
+        score: _builtins.float = ...,
+        min_score: _builtins.float = ...,
+        items: _abc.Iterable[Global___QualificationItem] | None = ...,
+        retry_after: _timestamp_pb2.Timestamp | None = ...,
+        attempts_left: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["retry_after", b"retry_after"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempt", b"attempt", "attempts_left", b"attempts_left", "items", b"items", "min_score", b"min_score", "passed", b"passed", "person_id", b"person_id", "project_id", b"project_id", "retry_after", b"retry_after", "score", b"score", "skill", b"skill"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___QualificationCompleted: _TypeAlias = QualificationCompleted  # noqa: Y015
+
+@_typing.final
+class SkillGranted(_message.Message):
+    """A skill added to the person's profile (routing uses it at once)."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PERSON_ID_FIELD_NUMBER: _builtins.int
+    SKILL_FIELD_NUMBER: _builtins.int
+    PROJECT_ID_FIELD_NUMBER: _builtins.int
+    ATTEMPT_FIELD_NUMBER: _builtins.int
+    person_id: _builtins.str
+    project_id: _builtins.str
+    """the project whose qualification granted it"""
+    attempt: _builtins.int
+    @_builtins.property
+    def skill(self) -> _model_pb2.Skill: ...
+    def __init__(
+        self,
+        *,
+        person_id: _builtins.str = ...,
+        skill: _model_pb2.Skill | None = ...,
+        project_id: _builtins.str = ...,
+        attempt: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["skill", b"skill"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempt", b"attempt", "person_id", b"person_id", "project_id", b"project_id", "skill", b"skill"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SkillGranted: _TypeAlias = SkillGranted  # noqa: Y015

@@ -27,7 +27,7 @@ from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__
 from coordinator._pb.labelweave.events.v1 import annotation_pb2 as labelweave_dot_events_dot_v1_dot_annotation__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n labelweave/events/v1/model.proto\x12\x14labelweave.events.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a%labelweave/events/v1/annotation.proto\"y\n\x13\x41ttributeDefinition\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x31\n\x04type\x18\x02 \x01(\x0e\x32#.labelweave.events.v1.AttributeType\x12\x0f\n\x07options\x18\x03 \x03(\t\x12\x10\n\x08required\x18\x04 \x01(\x08\"(\n\x0cSkeletonEdge\x12\x0c\n\x04\x66rom\x18\x01 \x01(\t\x12\n\n\x02to\x18\x02 \x01(\t\"x\n\x12SkeletonDefinition\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x11\n\tkeypoints\x18\x02 \x03(\t\x12\x31\n\x05\x65\x64ges\x18\x03 \x03(\x0b\x32\".labelweave.events.v1.SkeletonEdge\x12\x0e\n\x06sigmas\x18\x04 \x03(\x01\"\xc6\x01\n\nLabelClass\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x33\n\x05kinds\x18\x02 \x03(\x0e\x32$.labelweave.events.v1.AnnotationKind\x12=\n\nattributes\x18\x03 \x03(\x0b\x32).labelweave.events.v1.AttributeDefinition\x12\x10\n\x08skeleton\x18\x04 \x01(\t\x12\x13\n\x0bjson_schema\x18\x05 \x01(\t\x12\x0f\n\x07is_lane\x18\x06 \x01(\x08\"\xa6\x01\n\x0bLabelSchema\x12\x0f\n\x07version\x18\x01 \x01(\r\x12\x31\n\x07\x63lasses\x18\x02 \x03(\x0b\x32 .labelweave.events.v1.LabelClass\x12;\n\tskeletons\x18\x03 \x03(\x0b\x32(.labelweave.events.v1.SkeletonDefinition\x12\x16\n\x0ereject_reasons\x18\x04 \x03(\t\"F\n\tGuideline\x12\x0f\n\x07version\x18\x01 \x01(\r\x12\r\n\x05title\x18\x02 \x01(\t\x12\x0c\n\x04\x62ody\x18\x03 \x01(\t\x12\x0b\n\x03uri\x18\x04 \x01(\t\"\xec\x01\n\x0fProjectSettings\x12\x17\n\x0f\x64\x65\x66\x61ult_overlap\x18\x01 \x01(\r\x12\x15\n\rlease_seconds\x18\x02 \x01(\r\x12\x39\n\rreview_policy\x18\x03 \x01(\x0e\x32\".labelweave.events.v1.ReviewPolicy\x12\x36\n\x08pipeline\x18\x04 \x01(\x0b\x32$.labelweave.events.v1.ReviewPipeline\x12\x36\n\x0creason_codes\x18\x05 \x03(\x0b\x32 .labelweave.events.v1.ReasonCode\"/\n\nReasonCode\x12\x0c\n\x04\x63ode\x18\x01 \x01(\t\x12\x13\n\x0b\x64\x65scription\x18\x02 \x01(\t\"@\n\x0fSamplingStratum\x12\x18\n\x10\x62\x65low_acceptance\x18\x01 \x01(\x01\x12\x13\n\x0bsample_rate\x18\x02 \x01(\x01\"\xfb\x01\n\x0bReviewStage\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x33\n\x04kind\x18\x02 \x01(\x0e\x32%.labelweave.events.v1.ReviewStageKind\x12\x18\n\x0bsample_rate\x18\x03 \x01(\x01H\x00\x88\x01\x01\x12\x35\n\x06strata\x18\x04 \x03(\x0b\x32%.labelweave.events.v1.SamplingStratum\x12\x14\n\x0cmin_verdicts\x18\x05 \x01(\r\x12\x32\n\x0ereviewer_roles\x18\x06 \x03(\x0e\x32\x1a.labelweave.events.v1.RoleB\x0e\n\x0c_sample_rate\"s\n\x0eReviewPipeline\x12\x31\n\x06stages\x18\x01 \x03(\x0b\x32!.labelweave.events.v1.ReviewStage\x12\x15\n\rsampling_seed\x18\x02 \x01(\t\x12\x17\n\x0f\x61\x63\x63uracy_window\x18\x03 \x01(\r\"i\n\tMediaInfo\x12\r\n\x05width\x18\x01 \x01(\r\x12\x0e\n\x06height\x18\x02 \x01(\r\x12\x13\n\x0b\x66rame_count\x18\x03 \x01(\r\x12\x13\n\x0bpoint_count\x18\x04 \x01(\x04\x12\x13\n\x0btext_length\x18\x05 \x01(\x04\"\xbb\x03\n\x08TaskSpec\x12\x0f\n\x07task_id\x18\x01 \x01(\t\x12\x10\n\x08\x64\x61ta_uri\x18\x02 \x01(\t\x12\x33\n\nmedia_type\x18\x03 \x01(\x0e\x32\x1f.labelweave.events.v1.MediaType\x12.\n\x05media\x18\x04 \x01(\x0b\x32\x1f.labelweave.events.v1.MediaInfo\x12>\n\x08metadata\x18\x05 \x03(\x0b\x32,.labelweave.events.v1.TaskSpec.MetadataEntry\x12\x10\n\x08priority\x18\x06 \x01(\x05\x12,\n\x08\x64\x65\x61\x64line\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x17\n\x0frequired_skills\x18\x08 \x03(\t\x12\x0f\n\x07overlap\x18\t \x01(\r\x12\x32\n\x08prelabel\x18\n \x01(\x0b\x32 .labelweave.events.v1.Annotation\x12\x18\n\x10\x65xpected_seconds\x18\x0b \x01(\r\x1a/\n\rMetadataEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"$\n\x05Skill\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\r\n\x05level\x18\x02 \x01(\r\"8\n\tShiftSpec\x12\x0f\n\x07weekday\x18\x01 \x01(\r\x12\r\n\x05start\x18\x02 \x01(\t\x12\x0b\n\x03\x65nd\x18\x03 \x01(\t\"p\n\x10WorkScheduleSpec\x12/\n\x06shifts\x18\x01 \x03(\x0b\x32\x1f.labelweave.events.v1.ShiftSpec\x12\x10\n\x08\x64\x61ys_off\x18\x02 \x03(\t\x12\x19\n\x11\x63\x61pacity_per_hour\x18\x03 \x01(\x01\"\xda\x01\n\nPersonSpec\x12\x11\n\tperson_id\x18\x01 \x01(\t\x12\x14\n\x0c\x64isplay_name\x18\x02 \x01(\t\x12)\n\x05roles\x18\x03 \x03(\x0e\x32\x1a.labelweave.events.v1.Role\x12+\n\x06skills\x18\x04 \x03(\x0b\x32\x1b.labelweave.events.v1.Skill\x12\x11\n\ttime_zone\x18\x05 \x01(\t\x12\x38\n\x08schedule\x18\x06 \x01(\x0b\x32&.labelweave.events.v1.WorkScheduleSpec*\xc8\x04\n\x0e\x41nnotationKind\x12\x1f\n\x1b\x41NNOTATION_KIND_UNSPECIFIED\x10\x00\x12\x17\n\x13\x41NNOTATION_KIND_BOX\x10\x01\x12\x1f\n\x1b\x41NNOTATION_KIND_ROTATED_BOX\x10\x02\x12 \n\x1c\x41NNOTATION_KIND_IMAGE_CUBOID\x10\x03\x12\x1a\n\x16\x41NNOTATION_KIND_CUBOID\x10\x04\x12\x1b\n\x17\x41NNOTATION_KIND_POLYGON\x10\x05\x12 \n\x1c\x41NNOTATION_KIND_MULTIPOLYGON\x10\x06\x12\x1c\n\x18\x41NNOTATION_KIND_POLYLINE\x10\x07\x12\x1d\n\x19\x41NNOTATION_KIND_KEYPOINTS\x10\x08\x12\x1c\n\x18\x41NNOTATION_KIND_SKELETON\x10\t\x12!\n\x1d\x41NNOTATION_KIND_INSTANCE_MASK\x10\n\x12\x1a\n\x16\x41NNOTATION_KIND_BITMAP\x10\x0b\x12 \n\x1c\x41NNOTATION_KIND_POINT_LABELS\x10\x0c\x12\"\n\x1e\x41NNOTATION_KIND_CLASSIFICATION\x10\r\x12\x18\n\x14\x41NNOTATION_KIND_TEXT\x10\x0e\x12\x1d\n\x19\x41NNOTATION_KIND_TEXT_SPAN\x10\x0f\x12\x1a\n\x16\x41NNOTATION_KIND_CUSTOM\x10\x10\x12)\n%ANNOTATION_KIND_SEMANTIC_SEGMENTATION\x10\x11*\x95\x01\n\rAttributeType\x12\x1e\n\x1a\x41TTRIBUTE_TYPE_UNSPECIFIED\x10\x00\x12\x17\n\x13\x41TTRIBUTE_TYPE_BOOL\x10\x01\x12\x19\n\x15\x41TTRIBUTE_TYPE_NUMBER\x10\x02\x12\x17\n\x13\x41TTRIBUTE_TYPE_TEXT\x10\x03\x12\x17\n\x13\x41TTRIBUTE_TYPE_ENUM\x10\x04*]\n\x0cReviewPolicy\x12\x1d\n\x19REVIEW_POLICY_UNSPECIFIED\x10\x00\x12\x16\n\x12REVIEW_POLICY_NONE\x10\x01\x12\x16\n\x12REVIEW_POLICY_FULL\x10\x02*\xa5\x01\n\x0fReviewStageKind\x12!\n\x1dREVIEW_STAGE_KIND_UNSPECIFIED\x10\x00\x12!\n\x1dREVIEW_STAGE_KIND_PEER_REVIEW\x10\x01\x12#\n\x1fREVIEW_STAGE_KIND_QA_SPOT_CHECK\x10\x02\x12\'\n#REVIEW_STAGE_KIND_EXPERT_RESOLUTION\x10\x03*o\n\x0f\x44isputeDecision\x12 \n\x1c\x44ISPUTE_DECISION_UNSPECIFIED\x10\x00\x12\x1b\n\x17\x44ISPUTE_DECISION_UPHOLD\x10\x01\x12\x1d\n\x19\x44ISPUTE_DECISION_OVERTURN\x10\x02*\x9a\x01\n\tMediaType\x12\x1a\n\x16MEDIA_TYPE_UNSPECIFIED\x10\x00\x12\x14\n\x10MEDIA_TYPE_IMAGE\x10\x01\x12\x14\n\x10MEDIA_TYPE_VIDEO\x10\x02\x12\x1a\n\x16MEDIA_TYPE_POINT_CLOUD\x10\x03\x12\x13\n\x0fMEDIA_TYPE_TEXT\x10\x04\x12\x14\n\x10MEDIA_TYPE_AUDIO\x10\x05*\xa9\x01\n\x04Role\x12\x14\n\x10ROLE_UNSPECIFIED\x10\x00\x12\x0e\n\nROLE_ADMIN\x10\x01\x12\x10\n\x0cROLE_MANAGER\x10\x02\x12\x12\n\x0eROLE_ANNOTATOR\x10\x03\x12\x11\n\rROLE_REVIEWER\x10\x04\x12\x0b\n\x07ROLE_QA\x10\x05\x12\x0f\n\x0bROLE_EXPERT\x10\x06\x12\x10\n\x0cROLE_AUDITOR\x10\x07\x12\x12\n\x0eROLE_ML_CLIENT\x10\x08*_\n\x07Verdict\x12\x17\n\x13VERDICT_UNSPECIFIED\x10\x00\x12\x12\n\x0eVERDICT_ACCEPT\x10\x01\x12\x12\n\x0eVERDICT_REJECT\x10\x02\x12\x13\n\x0fVERDICT_CORRECT\x10\x03\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n labelweave/events/v1/model.proto\x12\x14labelweave.events.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a%labelweave/events/v1/annotation.proto\"y\n\x13\x41ttributeDefinition\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x31\n\x04type\x18\x02 \x01(\x0e\x32#.labelweave.events.v1.AttributeType\x12\x0f\n\x07options\x18\x03 \x03(\t\x12\x10\n\x08required\x18\x04 \x01(\x08\"(\n\x0cSkeletonEdge\x12\x0c\n\x04\x66rom\x18\x01 \x01(\t\x12\n\n\x02to\x18\x02 \x01(\t\"x\n\x12SkeletonDefinition\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x11\n\tkeypoints\x18\x02 \x03(\t\x12\x31\n\x05\x65\x64ges\x18\x03 \x03(\x0b\x32\".labelweave.events.v1.SkeletonEdge\x12\x0e\n\x06sigmas\x18\x04 \x03(\x01\"\xc6\x01\n\nLabelClass\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x33\n\x05kinds\x18\x02 \x03(\x0e\x32$.labelweave.events.v1.AnnotationKind\x12=\n\nattributes\x18\x03 \x03(\x0b\x32).labelweave.events.v1.AttributeDefinition\x12\x10\n\x08skeleton\x18\x04 \x01(\t\x12\x13\n\x0bjson_schema\x18\x05 \x01(\t\x12\x0f\n\x07is_lane\x18\x06 \x01(\x08\"\xa6\x01\n\x0bLabelSchema\x12\x0f\n\x07version\x18\x01 \x01(\r\x12\x31\n\x07\x63lasses\x18\x02 \x03(\x0b\x32 .labelweave.events.v1.LabelClass\x12;\n\tskeletons\x18\x03 \x03(\x0b\x32(.labelweave.events.v1.SkeletonDefinition\x12\x16\n\x0ereject_reasons\x18\x04 \x03(\t\"F\n\tGuideline\x12\x0f\n\x07version\x18\x01 \x01(\r\x12\r\n\x05title\x18\x02 \x01(\t\x12\x0c\n\x04\x62ody\x18\x03 \x01(\t\x12\x0b\n\x03uri\x18\x04 \x01(\t\"\xa2\x02\n\x0fProjectSettings\x12\x17\n\x0f\x64\x65\x66\x61ult_overlap\x18\x01 \x01(\r\x12\x15\n\rlease_seconds\x18\x02 \x01(\r\x12\x39\n\rreview_policy\x18\x03 \x01(\x0e\x32\".labelweave.events.v1.ReviewPolicy\x12\x36\n\x08pipeline\x18\x04 \x01(\x0b\x32$.labelweave.events.v1.ReviewPipeline\x12\x36\n\x0creason_codes\x18\x05 \x03(\x0b\x32 .labelweave.events.v1.ReasonCode\x12\x34\n\x07quality\x18\x06 \x01(\x0b\x32#.labelweave.events.v1.QualityPolicy\"/\n\nReasonCode\x12\x0c\n\x04\x63ode\x18\x01 \x01(\t\x12\x13\n\x0b\x64\x65scription\x18\x02 \x01(\t\"@\n\x0fSamplingStratum\x12\x18\n\x10\x62\x65low_acceptance\x18\x01 \x01(\x01\x12\x13\n\x0bsample_rate\x18\x02 \x01(\x01\"\xfb\x01\n\x0bReviewStage\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x33\n\x04kind\x18\x02 \x01(\x0e\x32%.labelweave.events.v1.ReviewStageKind\x12\x18\n\x0bsample_rate\x18\x03 \x01(\x01H\x00\x88\x01\x01\x12\x35\n\x06strata\x18\x04 \x03(\x0b\x32%.labelweave.events.v1.SamplingStratum\x12\x14\n\x0cmin_verdicts\x18\x05 \x01(\r\x12\x32\n\x0ereviewer_roles\x18\x06 \x03(\x0e\x32\x1a.labelweave.events.v1.RoleB\x0e\n\x0c_sample_rate\"s\n\x0eReviewPipeline\x12\x31\n\x06stages\x18\x01 \x03(\x0b\x32!.labelweave.events.v1.ReviewStage\x12\x15\n\rsampling_seed\x18\x02 \x01(\t\x12\x17\n\x0f\x61\x63\x63uracy_window\x18\x03 \x01(\r\"i\n\tMediaInfo\x12\r\n\x05width\x18\x01 \x01(\r\x12\x0e\n\x06height\x18\x02 \x01(\r\x12\x13\n\x0b\x66rame_count\x18\x03 \x01(\r\x12\x13\n\x0bpoint_count\x18\x04 \x01(\x04\x12\x13\n\x0btext_length\x18\x05 \x01(\x04\"\xe9\x03\n\x08TaskSpec\x12\x0f\n\x07task_id\x18\x01 \x01(\t\x12\x10\n\x08\x64\x61ta_uri\x18\x02 \x01(\t\x12\x33\n\nmedia_type\x18\x03 \x01(\x0e\x32\x1f.labelweave.events.v1.MediaType\x12.\n\x05media\x18\x04 \x01(\x0b\x32\x1f.labelweave.events.v1.MediaInfo\x12>\n\x08metadata\x18\x05 \x03(\x0b\x32,.labelweave.events.v1.TaskSpec.MetadataEntry\x12\x10\n\x08priority\x18\x06 \x01(\x05\x12,\n\x08\x64\x65\x61\x64line\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x17\n\x0frequired_skills\x18\x08 \x03(\t\x12\x0f\n\x07overlap\x18\t \x01(\r\x12\x32\n\x08prelabel\x18\n \x01(\x0b\x32 .labelweave.events.v1.Annotation\x12\x18\n\x10\x65xpected_seconds\x18\x0b \x01(\r\x12,\n\x04gold\x18\x0c \x01(\x0b\x32\x1e.labelweave.events.v1.GoldSpec\x1a/\n\rMetadataEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"]\n\x08GoldSpec\x12\x30\n\x06\x61nswer\x18\x01 \x01(\x0b\x32 .labelweave.events.v1.Annotation\x12\x10\n\x08training\x18\x02 \x01(\x08\x12\r\n\x05skill\x18\x03 \x01(\t\"\x8d\x02\n\rQualityPolicy\x12\x11\n\tgold_rate\x18\x01 \x01(\x01\x12\x15\n\riou_threshold\x18\x02 \x01(\x01\x12\x15\n\roks_threshold\x18\x03 \x01(\x01\x12\x12\n\npass_score\x18\x04 \x01(\x01\x12\x17\n\x0f\x61\x63\x63uracy_window\x18\x05 \x01(\r\x12\x14\n\x0cmin_accuracy\x18\x06 \x01(\x01\x12\x13\n\x0bmin_results\x18\x07 \x01(\r\x12\x18\n\x10retraining_skill\x18\x08 \x01(\t\x12;\n\x0equalifications\x18\t \x03(\x0b\x32#.labelweave.events.v1.Qualification\x12\x0c\n\x04seed\x18\n \x01(\t\"\x7f\n\rQualification\x12\r\n\x05skill\x18\x01 \x01(\t\x12\x11\n\tmin_score\x18\x02 \x01(\x01\x12\r\n\x05items\x18\x03 \x01(\r\x12\x14\n\x0cmax_attempts\x18\x04 \x01(\r\x12\x18\n\x10\x63ooldown_seconds\x18\x05 \x01(\r\x12\r\n\x05level\x18\x06 \x01(\r\"_\n\nClassScore\x12\r\n\x05label\x18\x01 \x01(\t\x12\x0f\n\x07matched\x18\x02 \x01(\r\x12\x0e\n\x06missed\x18\x03 \x01(\r\x12\r\n\x05\x65xtra\x18\x04 \x01(\r\x12\x12\n\nsimilarity\x18\x05 \x01(\x01\"$\n\x05Skill\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\r\n\x05level\x18\x02 \x01(\r\"8\n\tShiftSpec\x12\x0f\n\x07weekday\x18\x01 \x01(\r\x12\r\n\x05start\x18\x02 \x01(\t\x12\x0b\n\x03\x65nd\x18\x03 \x01(\t\"p\n\x10WorkScheduleSpec\x12/\n\x06shifts\x18\x01 \x03(\x0b\x32\x1f.labelweave.events.v1.ShiftSpec\x12\x10\n\x08\x64\x61ys_off\x18\x02 \x03(\t\x12\x19\n\x11\x63\x61pacity_per_hour\x18\x03 \x01(\x01\"\xda\x01\n\nPersonSpec\x12\x11\n\tperson_id\x18\x01 \x01(\t\x12\x14\n\x0c\x64isplay_name\x18\x02 \x01(\t\x12)\n\x05roles\x18\x03 \x03(\x0e\x32\x1a.labelweave.events.v1.Role\x12+\n\x06skills\x18\x04 \x03(\x0b\x32\x1b.labelweave.events.v1.Skill\x12\x11\n\ttime_zone\x18\x05 \x01(\t\x12\x38\n\x08schedule\x18\x06 \x01(\x0b\x32&.labelweave.events.v1.WorkScheduleSpec*\xc8\x04\n\x0e\x41nnotationKind\x12\x1f\n\x1b\x41NNOTATION_KIND_UNSPECIFIED\x10\x00\x12\x17\n\x13\x41NNOTATION_KIND_BOX\x10\x01\x12\x1f\n\x1b\x41NNOTATION_KIND_ROTATED_BOX\x10\x02\x12 \n\x1c\x41NNOTATION_KIND_IMAGE_CUBOID\x10\x03\x12\x1a\n\x16\x41NNOTATION_KIND_CUBOID\x10\x04\x12\x1b\n\x17\x41NNOTATION_KIND_POLYGON\x10\x05\x12 \n\x1c\x41NNOTATION_KIND_MULTIPOLYGON\x10\x06\x12\x1c\n\x18\x41NNOTATION_KIND_POLYLINE\x10\x07\x12\x1d\n\x19\x41NNOTATION_KIND_KEYPOINTS\x10\x08\x12\x1c\n\x18\x41NNOTATION_KIND_SKELETON\x10\t\x12!\n\x1d\x41NNOTATION_KIND_INSTANCE_MASK\x10\n\x12\x1a\n\x16\x41NNOTATION_KIND_BITMAP\x10\x0b\x12 \n\x1c\x41NNOTATION_KIND_POINT_LABELS\x10\x0c\x12\"\n\x1e\x41NNOTATION_KIND_CLASSIFICATION\x10\r\x12\x18\n\x14\x41NNOTATION_KIND_TEXT\x10\x0e\x12\x1d\n\x19\x41NNOTATION_KIND_TEXT_SPAN\x10\x0f\x12\x1a\n\x16\x41NNOTATION_KIND_CUSTOM\x10\x10\x12)\n%ANNOTATION_KIND_SEMANTIC_SEGMENTATION\x10\x11*\x95\x01\n\rAttributeType\x12\x1e\n\x1a\x41TTRIBUTE_TYPE_UNSPECIFIED\x10\x00\x12\x17\n\x13\x41TTRIBUTE_TYPE_BOOL\x10\x01\x12\x19\n\x15\x41TTRIBUTE_TYPE_NUMBER\x10\x02\x12\x17\n\x13\x41TTRIBUTE_TYPE_TEXT\x10\x03\x12\x17\n\x13\x41TTRIBUTE_TYPE_ENUM\x10\x04*]\n\x0cReviewPolicy\x12\x1d\n\x19REVIEW_POLICY_UNSPECIFIED\x10\x00\x12\x16\n\x12REVIEW_POLICY_NONE\x10\x01\x12\x16\n\x12REVIEW_POLICY_FULL\x10\x02*\xa5\x01\n\x0fReviewStageKind\x12!\n\x1dREVIEW_STAGE_KIND_UNSPECIFIED\x10\x00\x12!\n\x1dREVIEW_STAGE_KIND_PEER_REVIEW\x10\x01\x12#\n\x1fREVIEW_STAGE_KIND_QA_SPOT_CHECK\x10\x02\x12\'\n#REVIEW_STAGE_KIND_EXPERT_RESOLUTION\x10\x03*o\n\x0f\x44isputeDecision\x12 \n\x1c\x44ISPUTE_DECISION_UNSPECIFIED\x10\x00\x12\x1b\n\x17\x44ISPUTE_DECISION_UPHOLD\x10\x01\x12\x1d\n\x19\x44ISPUTE_DECISION_OVERTURN\x10\x02*\x9a\x01\n\tMediaType\x12\x1a\n\x16MEDIA_TYPE_UNSPECIFIED\x10\x00\x12\x14\n\x10MEDIA_TYPE_IMAGE\x10\x01\x12\x14\n\x10MEDIA_TYPE_VIDEO\x10\x02\x12\x1a\n\x16MEDIA_TYPE_POINT_CLOUD\x10\x03\x12\x13\n\x0fMEDIA_TYPE_TEXT\x10\x04\x12\x14\n\x10MEDIA_TYPE_AUDIO\x10\x05*]\n\x0bGoldPurpose\x12\x1c\n\x18GOLD_PURPOSE_UNSPECIFIED\x10\x00\x12\x15\n\x11GOLD_PURPOSE_GOLD\x10\x01\x12\x19\n\x15GOLD_PURPOSE_TRAINING\x10\x02*\xa9\x01\n\x04Role\x12\x14\n\x10ROLE_UNSPECIFIED\x10\x00\x12\x0e\n\nROLE_ADMIN\x10\x01\x12\x10\n\x0cROLE_MANAGER\x10\x02\x12\x12\n\x0eROLE_ANNOTATOR\x10\x03\x12\x11\n\rROLE_REVIEWER\x10\x04\x12\x0b\n\x07ROLE_QA\x10\x05\x12\x0f\n\x0bROLE_EXPERT\x10\x06\x12\x10\n\x0cROLE_AUDITOR\x10\x07\x12\x12\n\x0eROLE_ML_CLIENT\x10\x08*_\n\x07Verdict\x12\x17\n\x13VERDICT_UNSPECIFIED\x10\x00\x12\x12\n\x0eVERDICT_ACCEPT\x10\x01\x12\x12\n\x0eVERDICT_REJECT\x10\x02\x12\x13\n\x0fVERDICT_CORRECT\x10\x03\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -36,22 +36,24 @@ if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_TASKSPEC_METADATAENTRY']._loaded_options = None
   _globals['_TASKSPEC_METADATAENTRY']._serialized_options = b'8\001'
-  _globals['_ANNOTATIONKIND']._serialized_start=2569
-  _globals['_ANNOTATIONKIND']._serialized_end=3153
-  _globals['_ATTRIBUTETYPE']._serialized_start=3156
-  _globals['_ATTRIBUTETYPE']._serialized_end=3305
-  _globals['_REVIEWPOLICY']._serialized_start=3307
-  _globals['_REVIEWPOLICY']._serialized_end=3400
-  _globals['_REVIEWSTAGEKIND']._serialized_start=3403
-  _globals['_REVIEWSTAGEKIND']._serialized_end=3568
-  _globals['_DISPUTEDECISION']._serialized_start=3570
-  _globals['_DISPUTEDECISION']._serialized_end=3681
-  _globals['_MEDIATYPE']._serialized_start=3684
-  _globals['_MEDIATYPE']._serialized_end=3838
-  _globals['_ROLE']._serialized_start=3841
-  _globals['_ROLE']._serialized_end=4010
-  _globals['_VERDICT']._serialized_start=4012
-  _globals['_VERDICT']._serialized_end=4107
+  _globals['_ANNOTATIONKIND']._serialized_start=3262
+  _globals['_ANNOTATIONKIND']._serialized_end=3846
+  _globals['_ATTRIBUTETYPE']._serialized_start=3849
+  _globals['_ATTRIBUTETYPE']._serialized_end=3998
+  _globals['_REVIEWPOLICY']._serialized_start=4000
+  _globals['_REVIEWPOLICY']._serialized_end=4093
+  _globals['_REVIEWSTAGEKIND']._serialized_start=4096
+  _globals['_REVIEWSTAGEKIND']._serialized_end=4261
+  _globals['_DISPUTEDECISION']._serialized_start=4263
+  _globals['_DISPUTEDECISION']._serialized_end=4374
+  _globals['_MEDIATYPE']._serialized_start=4377
+  _globals['_MEDIATYPE']._serialized_end=4531
+  _globals['_GOLDPURPOSE']._serialized_start=4533
+  _globals['_GOLDPURPOSE']._serialized_end=4626
+  _globals['_ROLE']._serialized_start=4629
+  _globals['_ROLE']._serialized_end=4798
+  _globals['_VERDICT']._serialized_start=4800
+  _globals['_VERDICT']._serialized_end=4895
   _globals['_ATTRIBUTEDEFINITION']._serialized_start=130
   _globals['_ATTRIBUTEDEFINITION']._serialized_end=251
   _globals['_SKELETONEDGE']._serialized_start=253
@@ -65,27 +67,35 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_GUIDELINE']._serialized_start=787
   _globals['_GUIDELINE']._serialized_end=857
   _globals['_PROJECTSETTINGS']._serialized_start=860
-  _globals['_PROJECTSETTINGS']._serialized_end=1096
-  _globals['_REASONCODE']._serialized_start=1098
-  _globals['_REASONCODE']._serialized_end=1145
-  _globals['_SAMPLINGSTRATUM']._serialized_start=1147
-  _globals['_SAMPLINGSTRATUM']._serialized_end=1211
-  _globals['_REVIEWSTAGE']._serialized_start=1214
-  _globals['_REVIEWSTAGE']._serialized_end=1465
-  _globals['_REVIEWPIPELINE']._serialized_start=1467
-  _globals['_REVIEWPIPELINE']._serialized_end=1582
-  _globals['_MEDIAINFO']._serialized_start=1584
-  _globals['_MEDIAINFO']._serialized_end=1689
-  _globals['_TASKSPEC']._serialized_start=1692
-  _globals['_TASKSPEC']._serialized_end=2135
-  _globals['_TASKSPEC_METADATAENTRY']._serialized_start=2088
-  _globals['_TASKSPEC_METADATAENTRY']._serialized_end=2135
-  _globals['_SKILL']._serialized_start=2137
-  _globals['_SKILL']._serialized_end=2173
-  _globals['_SHIFTSPEC']._serialized_start=2175
-  _globals['_SHIFTSPEC']._serialized_end=2231
-  _globals['_WORKSCHEDULESPEC']._serialized_start=2233
-  _globals['_WORKSCHEDULESPEC']._serialized_end=2345
-  _globals['_PERSONSPEC']._serialized_start=2348
-  _globals['_PERSONSPEC']._serialized_end=2566
+  _globals['_PROJECTSETTINGS']._serialized_end=1150
+  _globals['_REASONCODE']._serialized_start=1152
+  _globals['_REASONCODE']._serialized_end=1199
+  _globals['_SAMPLINGSTRATUM']._serialized_start=1201
+  _globals['_SAMPLINGSTRATUM']._serialized_end=1265
+  _globals['_REVIEWSTAGE']._serialized_start=1268
+  _globals['_REVIEWSTAGE']._serialized_end=1519
+  _globals['_REVIEWPIPELINE']._serialized_start=1521
+  _globals['_REVIEWPIPELINE']._serialized_end=1636
+  _globals['_MEDIAINFO']._serialized_start=1638
+  _globals['_MEDIAINFO']._serialized_end=1743
+  _globals['_TASKSPEC']._serialized_start=1746
+  _globals['_TASKSPEC']._serialized_end=2235
+  _globals['_TASKSPEC_METADATAENTRY']._serialized_start=2188
+  _globals['_TASKSPEC_METADATAENTRY']._serialized_end=2235
+  _globals['_GOLDSPEC']._serialized_start=2237
+  _globals['_GOLDSPEC']._serialized_end=2330
+  _globals['_QUALITYPOLICY']._serialized_start=2333
+  _globals['_QUALITYPOLICY']._serialized_end=2602
+  _globals['_QUALIFICATION']._serialized_start=2604
+  _globals['_QUALIFICATION']._serialized_end=2731
+  _globals['_CLASSSCORE']._serialized_start=2733
+  _globals['_CLASSSCORE']._serialized_end=2828
+  _globals['_SKILL']._serialized_start=2830
+  _globals['_SKILL']._serialized_end=2866
+  _globals['_SHIFTSPEC']._serialized_start=2868
+  _globals['_SHIFTSPEC']._serialized_end=2924
+  _globals['_WORKSCHEDULESPEC']._serialized_start=2926
+  _globals['_WORKSCHEDULESPEC']._serialized_end=3038
+  _globals['_PERSONSPEC']._serialized_start=3041
+  _globals['_PERSONSPEC']._serialized_end=3259
 # @@protoc_insertion_point(module_scope)

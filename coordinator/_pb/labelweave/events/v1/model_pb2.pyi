@@ -182,6 +182,27 @@ MEDIA_TYPE_TEXT: MediaType.ValueType  # 4
 MEDIA_TYPE_AUDIO: MediaType.ValueType  # 5
 Global___MediaType: _TypeAlias = MediaType  # noqa: Y015
 
+class _GoldPurpose:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _GoldPurposeEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_GoldPurpose.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    GOLD_PURPOSE_UNSPECIFIED: _GoldPurpose.ValueType  # 0
+    GOLD_PURPOSE_GOLD: _GoldPurpose.ValueType  # 1
+    """mixed into normal work at the project's gold rate"""
+    GOLD_PURPOSE_TRAINING: _GoldPurpose.ValueType  # 2
+    """a qualification item"""
+
+class GoldPurpose(_GoldPurpose, metaclass=_GoldPurposeEnumTypeWrapper): ...
+
+GOLD_PURPOSE_UNSPECIFIED: GoldPurpose.ValueType  # 0
+GOLD_PURPOSE_GOLD: GoldPurpose.ValueType  # 1
+"""mixed into normal work at the project's gold rate"""
+GOLD_PURPOSE_TRAINING: GoldPurpose.ValueType  # 2
+"""a qualification item"""
+Global___GoldPurpose: _TypeAlias = GoldPurpose  # noqa: Y015
+
 class _Role:
     ValueType = _typing.NewType("ValueType", _builtins.int)
     V: _TypeAlias = ValueType  # noqa: Y015
@@ -428,6 +449,7 @@ class ProjectSettings(_message.Message):
     REVIEW_POLICY_FIELD_NUMBER: _builtins.int
     PIPELINE_FIELD_NUMBER: _builtins.int
     REASON_CODES_FIELD_NUMBER: _builtins.int
+    QUALITY_FIELD_NUMBER: _builtins.int
     default_overlap: _builtins.int
     """0 → 1"""
     lease_seconds: _builtins.int
@@ -444,6 +466,12 @@ class ProjectSettings(_message.Message):
     def reason_codes(self) -> _containers.RepeatedCompositeFieldContainer[Global___ReasonCode]:
         """what a review may cite; empty: the label schema's"""
 
+    @_builtins.property
+    def quality(self) -> Global___QualityPolicy:
+        """reject_reasons (empty too: any code)
+        gold mix, scoring, suspension, qualifications
+        """
+
     def __init__(
         self,
         *,
@@ -452,10 +480,11 @@ class ProjectSettings(_message.Message):
         review_policy: Global___ReviewPolicy.ValueType = ...,
         pipeline: Global___ReviewPipeline | None = ...,
         reason_codes: _abc.Iterable[Global___ReasonCode] | None = ...,
+        quality: Global___QualityPolicy | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["pipeline", b"pipeline"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["pipeline", b"pipeline", "quality", b"quality"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["default_overlap", b"default_overlap", "lease_seconds", b"lease_seconds", "pipeline", b"pipeline", "reason_codes", b"reason_codes", "review_policy", b"review_policy"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["default_overlap", b"default_overlap", "lease_seconds", b"lease_seconds", "pipeline", b"pipeline", "quality", b"quality", "reason_codes", b"reason_codes", "review_policy", b"review_policy"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -660,6 +689,7 @@ class TaskSpec(_message.Message):
     OVERLAP_FIELD_NUMBER: _builtins.int
     PRELABEL_FIELD_NUMBER: _builtins.int
     EXPECTED_SECONDS_FIELD_NUMBER: _builtins.int
+    GOLD_FIELD_NUMBER: _builtins.int
     task_id: _builtins.str
     """client-chosen or generated"""
     data_uri: _builtins.str
@@ -682,6 +712,12 @@ class TaskSpec(_message.Message):
     def prelabel(self) -> _annotation_pb2.Annotation:
         """optional model pre-label"""
 
+    @_builtins.property
+    def gold(self) -> Global___GoldSpec:
+        """whose current shift has that much time left (0: any)
+        set: a gold (or training) task with a known answer. The
+        """
+
     def __init__(
         self,
         *,
@@ -696,14 +732,186 @@ class TaskSpec(_message.Message):
         overlap: _builtins.int = ...,
         prelabel: _annotation_pb2.Annotation | None = ...,
         expected_seconds: _builtins.int = ...,
+        gold: Global___GoldSpec | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["deadline", b"deadline", "media", b"media", "prelabel", b"prelabel"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["deadline", b"deadline", "gold", b"gold", "media", b"media", "prelabel", b"prelabel"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["data_uri", b"data_uri", "deadline", b"deadline", "expected_seconds", b"expected_seconds", "media", b"media", "media_type", b"media_type", "metadata", b"metadata", "overlap", b"overlap", "prelabel", b"prelabel", "priority", b"priority", "required_skills", b"required_skills", "task_id", b"task_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["data_uri", b"data_uri", "deadline", b"deadline", "expected_seconds", b"expected_seconds", "gold", b"gold", "media", b"media", "media_type", b"media_type", "metadata", b"metadata", "overlap", b"overlap", "prelabel", b"prelabel", "priority", b"priority", "required_skills", b"required_skills", "task_id", b"task_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___TaskSpec: _TypeAlias = TaskSpec  # noqa: Y015
+
+@_typing.final
+class GoldSpec(_message.Message):
+    """The known answer of a gold or training task, given on import (`TaskSpec.gold`). It is kept out
+    of the task's spec (`GoldTaskImported.gold`) and shown only to admins, auditors and the
+    project's managers.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ANSWER_FIELD_NUMBER: _builtins.int
+    TRAINING_FIELD_NUMBER: _builtins.int
+    SKILL_FIELD_NUMBER: _builtins.int
+    training: _builtins.bool
+    """a qualification item: served only to people taking the qualification"""
+    skill: _builtins.str
+    """training: the skill whose qualification the item belongs to"""
+    @_builtins.property
+    def answer(self) -> _annotation_pb2.Annotation: ...
+    def __init__(
+        self,
+        *,
+        answer: _annotation_pb2.Annotation | None = ...,
+        training: _builtins.bool = ...,
+        skill: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["answer", b"answer"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["answer", b"answer", "skill", b"skill", "training", b"training"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GoldSpec: _TypeAlias = GoldSpec  # noqa: Y015
+
+@_typing.final
+class QualityPolicy(_message.Message):
+    """How a project checks its people against known answers. Zero values mean the default named."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    GOLD_RATE_FIELD_NUMBER: _builtins.int
+    IOU_THRESHOLD_FIELD_NUMBER: _builtins.int
+    OKS_THRESHOLD_FIELD_NUMBER: _builtins.int
+    PASS_SCORE_FIELD_NUMBER: _builtins.int
+    ACCURACY_WINDOW_FIELD_NUMBER: _builtins.int
+    MIN_ACCURACY_FIELD_NUMBER: _builtins.int
+    MIN_RESULTS_FIELD_NUMBER: _builtins.int
+    RETRAINING_SKILL_FIELD_NUMBER: _builtins.int
+    QUALIFICATIONS_FIELD_NUMBER: _builtins.int
+    SEED_FIELD_NUMBER: _builtins.int
+    gold_rate: _builtins.float
+    """share of NextTask leases that are gold, in [0, 1]; 0: none"""
+    iou_threshold: _builtins.float
+    """boxes, polygons, masks, point sets match at IoU >= this; 0 → 0.5"""
+    oks_threshold: _builtins.float
+    """keypoints and skeletons match at OKS >= this; 0 → 0.5"""
+    pass_score: _builtins.float
+    """a gold answer passes at score >= this; 0 → 1.0 (all right)"""
+    accuracy_window: _builtins.int
+    """rolling accuracy over the last N gold results; 0 → 20"""
+    min_accuracy: _builtins.float
+    """suspend a person below this rolling accuracy; 0: never"""
+    min_results: _builtins.int
+    """... once their window holds this many results; 0 → 5"""
+    retraining_skill: _builtins.str
+    """the qualification a suspended person passes again to be"""
+    seed: _builtins.str
+    """gold mix and item choice hash seed; "" → the project id"""
+    @_builtins.property
+    def qualifications(self) -> _containers.RepeatedCompositeFieldContainer[Global___Qualification]:
+        """reinstated ("": only a manager reinstates)"""
+
+    def __init__(
+        self,
+        *,
+        gold_rate: _builtins.float = ...,
+        iou_threshold: _builtins.float = ...,
+        oks_threshold: _builtins.float = ...,
+        pass_score: _builtins.float = ...,
+        accuracy_window: _builtins.int = ...,
+        min_accuracy: _builtins.float = ...,
+        min_results: _builtins.int = ...,
+        retraining_skill: _builtins.str = ...,
+        qualifications: _abc.Iterable[Global___Qualification] | None = ...,
+        seed: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["accuracy_window", b"accuracy_window", "gold_rate", b"gold_rate", "iou_threshold", b"iou_threshold", "min_accuracy", b"min_accuracy", "min_results", b"min_results", "oks_threshold", b"oks_threshold", "pass_score", b"pass_score", "qualifications", b"qualifications", "retraining_skill", b"retraining_skill", "seed", b"seed"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___QualityPolicy: _TypeAlias = QualityPolicy  # noqa: Y015
+
+@_typing.final
+class Qualification(_message.Message):
+    """A qualification: training items with known answers; passing grants `skill`."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SKILL_FIELD_NUMBER: _builtins.int
+    MIN_SCORE_FIELD_NUMBER: _builtins.int
+    ITEMS_FIELD_NUMBER: _builtins.int
+    MAX_ATTEMPTS_FIELD_NUMBER: _builtins.int
+    COOLDOWN_SECONDS_FIELD_NUMBER: _builtins.int
+    LEVEL_FIELD_NUMBER: _builtins.int
+    skill: _builtins.str
+    min_score: _builtins.float
+    """share of the attempt's items that must pass; 0 → 0.8"""
+    items: _builtins.int
+    """items per attempt; 0 → every training task of the skill"""
+    max_attempts: _builtins.int
+    """attempts per cycle (a suspension starts a new one); 0 → 3"""
+    cooldown_seconds: _builtins.int
+    """after a failed attempt, the next one waits this long"""
+    level: _builtins.int
+    """level of the granted skill; 0 → 1"""
+    def __init__(
+        self,
+        *,
+        skill: _builtins.str = ...,
+        min_score: _builtins.float = ...,
+        items: _builtins.int = ...,
+        max_attempts: _builtins.int = ...,
+        cooldown_seconds: _builtins.int = ...,
+        level: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["cooldown_seconds", b"cooldown_seconds", "items", b"items", "level", b"level", "max_attempts", b"max_attempts", "min_score", b"min_score", "skill", b"skill"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Qualification: _TypeAlias = Qualification  # noqa: Y015
+
+@_typing.final
+class ClassScore(_message.Message):
+    """How a submitted answer compared with the known answer, for one class."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    LABEL_FIELD_NUMBER: _builtins.int
+    MATCHED_FIELD_NUMBER: _builtins.int
+    MISSED_FIELD_NUMBER: _builtins.int
+    EXTRA_FIELD_NUMBER: _builtins.int
+    SIMILARITY_FIELD_NUMBER: _builtins.int
+    label: _builtins.str
+    matched: _builtins.int
+    """known shapes matched by a submitted shape (IoU / OKS / exact)"""
+    missed: _builtins.int
+    """known shapes nothing matched"""
+    extra: _builtins.int
+    """submitted shapes that matched no known shape"""
+    similarity: _builtins.float
+    """mean IoU / OKS (1 for exact kinds) over the matched pairs"""
+    def __init__(
+        self,
+        *,
+        label: _builtins.str = ...,
+        matched: _builtins.int = ...,
+        missed: _builtins.int = ...,
+        extra: _builtins.int = ...,
+        similarity: _builtins.float = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["extra", b"extra", "label", b"label", "matched", b"matched", "missed", b"missed", "similarity", b"similarity"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ClassScore: _TypeAlias = ClassScore  # noqa: Y015
 
 @_typing.final
 class Skill(_message.Message):
