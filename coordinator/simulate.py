@@ -42,6 +42,7 @@ from google.protobuf import struct_pb2
 from coordinator._pb.labelweave.api.v1 import api_pb2
 from coordinator._pb.labelweave.events.v1 import annotation_pb2, model_pb2
 from coordinator.client import LabelweaveClient, error_code
+from coordinator.domain.ids import check_id
 from coordinator.errors import AlreadyExists, FailedPrecondition, InvalidArgument, LabelweaveError, NotFound
 
 if TYPE_CHECKING:
@@ -83,6 +84,12 @@ MAX_UNEXPECTED = 200  # give up rather than hammer a broken server
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     g = parser.add_argument_group("simulation")
     g.add_argument("--project", required=True, help="project id (created when missing)")
+    g.add_argument(
+        "--people-prefix",
+        default=None,
+        help="person ids are PREFIX-ann-00, PREFIX-rev-00, … (default: the project id); give each of "
+        "several simulations on one project its own prefix, like separate vendor sites",
+    )
     g.add_argument("--annotators", type=int, default=12)
     g.add_argument("--reviewers", type=int, default=3)
     g.add_argument("--tasks", type=int, default=500, help="image tasks to import (0: work on what is there)")
@@ -346,7 +353,9 @@ def set_up(admin: LabelweaveClient, run: Run, console: Console) -> tuple[api_pb2
     )
 
     members = set(project.members)
-    for worker in _plan_workers(pid, args.annotators, args.reviewers):
+    prefix = getattr(args, "people_prefix", None) or pid
+    check_id(prefix, "--people-prefix")
+    for worker in _plan_workers(prefix, args.annotators, args.reviewers):
         with contextlib.suppress(AlreadyExists):
             admin.register_person(_person_spec(worker))
         if worker.person_id not in members:
