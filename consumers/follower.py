@@ -15,6 +15,7 @@ import time
 from collections.abc import Mapping
 
 from consumers.projector import CONSUMER
+from coordinator.errors import LabelweaveError
 from coordinator.eventlog.base import EventLog
 from coordinator.metrics import Metrics
 from projections.base import ProjectionStore
@@ -109,5 +110,7 @@ class StoreFollower:
                 last_applied = applied
                 m.projection_lag.labels(self.consumer).set(self.lag())
                 gauges.refresh(self.store)
+            except LabelweaveError as exc:  # the store is unavailable (restarting): one line, no traceback
+                logger.warning("projection gauges refresh failed: %s", exc)
             except Exception:
                 logger.exception("projection gauges refresh failed")

@@ -21,6 +21,7 @@ from coordinator._pb.labelweave.events.v1 import model_pb2
 from coordinator.auth import SYSTEM
 from coordinator.commandbus import Clock, CommandBus, utc_now
 from coordinator.domain import commands as C
+from coordinator.errors import LabelweaveError
 from coordinator.eventlog.base import EventLog, Position
 from coordinator.eventlog.factory import open_event_log
 from coordinator.metrics import Metrics
@@ -118,6 +119,8 @@ class Application:
         while not self._stop.wait(self.settings.lease_sweep_seconds):
             try:
                 self.service.expire_leases()
+            except LabelweaveError as exc:  # a backend is unavailable (restarting): one line, retried
+                log.warning("lease sweep failed: %s", exc)
             except Exception:  # the timer must survive a bad moment (e.g. disk full); it retries
                 log.exception("lease sweep failed")
 

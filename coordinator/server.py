@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import gc
 import logging
+import faulthandler
 import signal
 import threading
 from concurrent import futures
@@ -121,6 +122,8 @@ def serve(settings: Settings, *, ready: threading.Event | None = None) -> int:
         stop.set()
 
     previous = {s: signal.signal(s, on_signal) for s in (signal.SIGTERM, signal.SIGINT)}
+    # `kill -USR1 <pid>` writes every thread's stack to stderr: for "why does it hang?" in production.
+    faulthandler.register(signal.SIGUSR1, all_threads=True)
     try:
         running = start(settings)
         token_file = settings.admin_token_file

@@ -60,7 +60,7 @@ from coordinator.eventlog.kafka_decider import (
     DeciderGroup,
     producer_config,
 )
-from coordinator.eventlog.kafka_layout import KafkaLayout, KafkaOptions
+from coordinator.eventlog.kafka_layout import KafkaLayout, KafkaOptions, log_retry
 from coordinator.eventlog.kafka_replica import Replica, Row
 from coordinator.eventlog.memory import PreparedEvent, prepare_append, record_metrics
 from coordinator.metrics import Metrics
@@ -305,7 +305,7 @@ class _Tailer:
             except Exception as exc:
                 if self._stop.is_set():
                     break
-                logger.exception("event log tailer failed; retrying")
+                log_retry(logger, "event log tailer failed", exc)
                 with self._cond:
                     self.error = exc
                 time.sleep(0.5)

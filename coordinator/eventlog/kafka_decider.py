@@ -47,7 +47,7 @@ from kafka.structs import MemberState, OffsetAndMetadata  # type: ignore[import-
 from coordinator._pb.labelweave.events.v1 import events_pb2
 from coordinator._pb.labelweave.internal.v1 import log_pb2
 from coordinator.errors import InvalidArgument, Unavailable
-from coordinator.eventlog.kafka_layout import KafkaLayout
+from coordinator.eventlog.kafka_layout import KafkaLayout, log_retry
 from coordinator.eventlog.kafka_replica import Replica, Row
 
 logger = logging.getLogger(__name__)
@@ -264,10 +264,10 @@ class DeciderGroup:
                 self._handle_revoked()
                 self._reconcile()
                 self._dispatch(polled)
-            except Exception:
+            except Exception as exc:
                 if self._stop.is_set():
                     break
-                logger.exception("decider group loop failed; retrying")
+                log_retry(logger, "decider group loop failed", exc)
                 time.sleep(0.5)
 
     def _stable(self) -> bool:
@@ -316,8 +316,8 @@ class DeciderGroup:
                     else:
                         self._consumer.seek(self.commands_tp(vp), int(committed))
                     self._consumer.resume(self.commands_tp(vp))
-                except Exception:
-                    logger.exception("decider %d: cannot position the commands consumer", vp)
+                except Exception as exc:
+                    log_retry(logger, f"decider {vp}: cannot position the commands consumer", exc)
                     self._fail(vp, inc, ERROR_BACKOFF)
                     continue
                 with self._lock:

@@ -290,3 +290,23 @@ def _bool(key: str, value: str) -> bool:
     if lowered in ("false", "0", "no", "off"):
         return False
     raise InvalidArgument(f"{key}={value!r} is not true or false", field="event_log")
+
+
+def log_retry(log: Any, what: str, exc: BaseException) -> None:
+    """Log a failure that will be retried: one WARNING line (no traceback) for what a broker
+    outage or restart causes (connection refused, timeouts, retriable Kafka errors), the full
+    traceback for anything else, which is a bug."""
+    import kafka.errors as kerr  # type: ignore[import-untyped]
+
+    outage = tuple(
+        t
+        for t in (getattr(kerr, n, None) for n in ("KafkaConnectionError", "NoBrokersAvailable"))
+        if isinstance(t, type)
+    )
+    transient = isinstance(exc, (*outage, TimeoutError, ConnectionError)) or (
+        isinstance(exc, kerr.KafkaError) and bool(getattr(exc, "retriable", False))
+    )
+    if transient:
+        log.warning("%s (%s: %s); retrying", what, type(exc).__name__, exc)
+    else:
+        log.error("%s; retrying", what, exc_info=exc)

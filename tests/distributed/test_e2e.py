@@ -12,6 +12,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import threading
 import time
 import uuid
 from collections import Counter, defaultdict
@@ -22,8 +23,12 @@ import pytest
 
 from consumers.projector import CONSUMER
 from consumers.rebuild import rebuild
+from coordinator._pb.labelweave.events.v1 import annotation_pb2 as A
+from coordinator._pb.labelweave.events.v1 import model_pb2 as M
+from coordinator.client import LabelweaveClient
 from coordinator.eventlog import codec
 from coordinator.eventlog.factory import open_event_log
+from coordinator.testing import sample_schema
 from projections.factory import open_store
 from projections.memory import MemoryStore
 from tests.backends.cassandra_util import cassandra_admin_fixture, cassandra_hosts_fixture  # noqa: F401
@@ -103,9 +108,13 @@ class Distributed:
         return server
 
     def close(self) -> None:
+        failures: list[str] = []
         for server in self.servers:
             if server.running:
-                server.stop()
+                try:
+                    server.stop()
+                except AssertionError as exc:  # stop the rest anyway, then report
+                    failures.append(str(exc))
         for proc in self.workers:
             if proc.poll() is None:
                 proc.send_signal(signal.SIGTERM)
@@ -114,6 +123,91 @@ class Distributed:
                 proc.wait(timeout=30)
             except subprocess.TimeoutExpired:
                 proc.kill()
+        assert not failures, failures
+
+
+def contend(first: Server, second: Server, tasks: int = 40, per_side: int = 3) -> set[str]:
+    """Annotators split over both coordinators lease and submit on one project (overlap 2, no
+    review) until its queue is empty; returns the task ids. Invariants are checked on the log."""
+    with LabelweaveClient(first.target, first.admin_token) as admin:
+        admin.create_project(
+            "shared",
+            name="shared",
+            settings=M.ProjectSettings(default_overlap=2, review_policy=M.REVIEW_POLICY_NONE),
+        )
+        admin.publish_label_schema("shared", sample_schema())
+        tokens: dict[str, tuple[Server, str]] = {}
+        for side, server in (("via1", first), ("via2", second)):
+            for k in range(per_side):
+                pid = f"{side}-ann-{k}"
+                admin.register_person(
+                    M.PersonSpec(person_id=pid, display_name=pid, roles=[M.ROLE_ANNOTATOR], time_zone="UTC")
+                )
+                admin.add_project_member("shared", pid)
+                tokens[pid] = (server, admin.create_token(pid, "e2e").token)
+        ids = [f"race-{i:03d}" for i in range(tasks)]
+        admin.import_tasks(
+            "shared",
+            [
+                M.TaskSpec(
+                    task_id=t,
+                    data_uri=f"s3://b/{t}.jpg",
+                    media_type=M.MEDIA_TYPE_IMAGE,
+                    media=M.MediaInfo(width=640, height=480),
+                )
+                for t in ids
+            ],
+            command_id="race-import",
+        )
+    errors: list[str] = []
+    box = A.Annotation(shapes=[A.Shape(label="car", box=A.BoundingBox(x=1, y=1, width=10, height=10))])
+
+    def work(pid: str, server: Server, token: str) -> None:
+        with LabelweaveClient(server.target, token) as lw:
+            empty = 0
+            n = 0
+            while empty < 30:
+                n += 1
+                try:
+                    nxt = lw.next_task("shared", command_id=f"{pid}-n{n}")
+                    if not nxt.HasField("task"):
+                        empty += 1
+                        time.sleep(0.1)
+                        continue
+                    empty = 0
+                    lw.submit(nxt.task.task_id, nxt.lease.lease_id, box, command_id=f"{pid}-s{n}")
+                except Exception as exc:
+                    errors.append(f"{pid}: {exc!r}")
+                    return
+
+    threads = [threading.Thread(target=work, args=(pid, srv, tok)) for pid, (srv, tok) in tokens.items()]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=300)
+    assert not errors, errors[:5]
+    return set(ids)
+
+
+def unfinished(cluster: Distributed) -> str:
+    """The history of every task that is not done, for a failure message."""
+    log = open_event_log(cluster.event_log)
+    try:
+        by_task: dict[str, list[str]] = defaultdict(list)
+        done: set[str] = set()
+        for ev in log.read({}, 10_000_000):
+            if not ev.stream_id.startswith("task:"):
+                continue
+            p = codec.payload_of(ev.envelope)
+            by_task[ev.stream_id].append(
+                f"{ev.position} {ev.type} by {ev.envelope.actor.user_id} {getattr(p, 'person_id', '')}"
+                f" {getattr(p, 'reason_codes', '')}"
+            )
+            if ev.type == "task_completed":
+                done.add(ev.stream_id)
+        return "\n\n".join(f"{t}:\n  " + "\n  ".join(h) for t, h in by_task.items() if t not in done)
+    finally:
+        log.close()
 
 
 @pytest.fixture
@@ -132,28 +226,11 @@ def test_two_coordinators_two_workers_simulate_then_cassandra_equals_a_rebuild(c
     first = cluster.start_server(1)
     second = cluster.start_server(2)
 
-    # Both coordinators serve one workforce at once: same project, same tasks, two sets of people.
+    # 1. A simulated workforce through each coordinator at once (layered review, rework, releases).
     sims = []
     for i, server in enumerate((first, second)):
-        args = [
-            "simulate",
-            "--project",
-            "shared",
-            "--annotators",
-            "4",
-            "--reviewers",
-            "1",
-            "--tasks",
-            "60" if i == 0 else "0",
-            "--overlap",
-            "2",
-            "--seed",
-            str(11 + i),
-            "--duration-limit",
-            "240",
-        ]
-        if i == 1:
-            time.sleep(3)  # the first one creates the project and imports the tasks
+        args = ["simulate", "--project", f"site{i}", "--annotators", "4", "--reviewers", "1"]
+        args += ["--tasks", "30", "--overlap", "2", "--seed", str(11 + i), "--duration-limit", "240"]
         sims.append(
             subprocess.Popen(
                 [
@@ -176,9 +253,13 @@ def test_two_coordinators_two_workers_simulate_then_cassandra_equals_a_rebuild(c
     outputs = []
     for sim in sims:
         out, _ = sim.communicate(timeout=400)
-        assert sim.returncode == 0, out
-        outputs.append(out)
-    print(*outputs, sep="\n")
+        outputs.append((sim.returncode, out))
+    print(*(out for _, out in outputs), sep="\n")
+    if any(code != 0 for code, _ in outputs):
+        raise AssertionError(f"a simulation failed:\n{outputs}\n\nunfinished tasks:\n{unfinished(cluster)}")
+
+    # 2. Contention: annotators on BOTH coordinators race for the same tasks of one project.
+    shared_tasks = contend(first, second)
 
     log = open_event_log(cluster.event_log)
     try:
@@ -214,14 +295,16 @@ def test_two_coordinators_two_workers_simulate_then_cassandra_equals_a_rebuild(c
                 assert len(holders[p.task_id]) <= overlap[p.task_id], f"{p.task_id} over its overlap"  # type: ignore[attr-defined]
             elif ev.type in ("lease_released", "lease_expired"):
                 holders[p.task_id].discard(p.person_id)  # type: ignore[attr-defined]
-        assert len(overlap) == 60, "the simulation imported its tasks"
+        assert len(overlap) == 60 + len(shared_tasks), "the simulations and the contention imported tasks"
         accepted = Counter(
             codec.payload_of(ev.envelope).task_id  # type: ignore[attr-defined]
             for ev in log.read({}, 10_000_000)
             if ev.type == "annotation_accepted"
         )
-        assert accepted == Counter(dict.fromkeys(overlap, 2)), "every task got its two accepted labels"
-        people = {person for _, person in leased_by}
-        assert len(people) == 4, sorted(people)
+        assert accepted == Counter(dict.fromkeys(overlap, 2)), (
+            "every task got exactly its two accepted labels"
+        )
+        racers = {person for (task, person) in leased_by if task in shared_tasks}
+        assert {p.split("-")[0] for p in racers} == {"via1", "via2"}, "both coordinators leased shared tasks"
     finally:
         log.close()

@@ -122,6 +122,8 @@ class Server:
         try:
             code = self.proc.wait(timeout=STOP_TIMEOUT)
         except subprocess.TimeoutExpired:
+            self.proc.send_signal(signal.SIGUSR1)  # the server dumps every thread's stack
+            time.sleep(2)
             self.kill()
             raise AssertionError(f"server ignored SIGTERM for {STOP_TIMEOUT} s:\n{self.output()}") from None
         output = self.output()
