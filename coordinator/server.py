@@ -8,9 +8,9 @@ already durable and nothing half-written remains).
 
 from __future__ import annotations
 
+import faulthandler
 import gc
 import logging
-import faulthandler
 import signal
 import threading
 from concurrent import futures
