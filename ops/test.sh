@@ -48,6 +48,12 @@ fi
 export LABELWEAVE_KAFKA=${LABELWEAVE_KAFKA:-127.0.0.1:9092}
 export LABELWEAVE_CASSANDRA=${LABELWEAVE_CASSANDRA:-127.0.0.1:9042}
 
+# The distributed benchmark as a smoke test (~15 s): Kafka event log and Kafka -> Cassandra rebuild
+# measured side by side with raw kafka-python; exits non-zero only if something breaks (a failed
+# append, a checksum mismatch). Goals and results: docs/benchmarks.md.
+echo "== bench smoke (python -m bench.distributed --quick)"
+python -m bench.distributed --quick
+
 # pytest last, so its summary is the run's closing line
 echo "== pytest"
 pytest -q -p no:cacheprovider "$@"
