@@ -27,6 +27,7 @@ from coordinator._pb.labelweave.events.v1 import annotation_pb2 as A
 from coordinator._pb.labelweave.events.v1 import model_pb2 as M
 from coordinator.client import LabelweaveClient
 from coordinator.eventlog import codec
+from coordinator.eventlog.base import EventLog
 from coordinator.eventlog.factory import open_event_log
 from coordinator.testing import sample_schema
 from projections.factory import open_store
@@ -189,6 +190,26 @@ def contend(first: Server, second: Server, tasks: int = 40, per_side: int = 3) -
     return set(ids)
 
 
+def assert_projections_converge(cluster: Distributed, log: EventLog, timeout: float = 180) -> None:
+    """The workers reach the log's head, and then the Cassandra projections have the checksum of
+    an embedded rebuild of the same Kafka log."""
+    head = log.head()
+    store = open_store(cluster.store)
+    try:
+        deadline = time.monotonic() + timeout
+        while True:
+            applied = store.checkpoint(CONSUMER)
+            if all(applied.get(p, 0) >= o for p, o in head.items()):
+                break
+            assert time.monotonic() < deadline, f"workers stuck at {applied}, log head {head}"
+            time.sleep(0.5)
+        live = store.checksum()
+    finally:
+        store.close()
+    result = rebuild(log, MemoryStore())
+    assert result.checksum == live, "Cassandra projections differ from an embedded rebuild of the log"
+
+
 def unfinished(cluster: Distributed) -> str:
     """The history of every task that is not done, for a failure message."""
     log = open_event_log(cluster.event_log)
@@ -263,22 +284,7 @@ def test_two_coordinators_two_workers_simulate_then_cassandra_equals_a_rebuild(c
 
     log = open_event_log(cluster.event_log)
     try:
-        head = log.head()
-        store = open_store(cluster.store)
-        try:
-            deadline = time.monotonic() + 120
-            while True:
-                applied = store.checkpoint(CONSUMER)
-                if all(applied.get(p, 0) >= o for p, o in head.items()):
-                    break
-                assert time.monotonic() < deadline, f"workers stuck at {applied}, log head {head}"
-                time.sleep(0.5)
-            live = store.checksum()
-        finally:
-            store.close()
-        rebuilt = MemoryStore()
-        result = rebuild(log, rebuilt)
-        assert result.checksum == live, "Cassandra projections differ from an embedded rebuild of the log"
+        assert_projections_converge(cluster, log)
 
         # Replay: never beyond overlap, nobody twice on a task.
         holders: dict[str, set[str]] = defaultdict(set)

@@ -26,18 +26,14 @@ from pathlib import Path
 
 import pytest
 
-from consumers.projector import CONSUMER
-from consumers.rebuild import rebuild
 from coordinator._pb.labelweave.events.v1 import annotation_pb2 as A
 from coordinator._pb.labelweave.events.v1 import model_pb2 as M
 from coordinator.client import LabelweaveClient
 from coordinator.errors import LabelweaveError
 from coordinator.eventlog.factory import open_event_log
-from projections.factory import open_store
-from projections.memory import MemoryStore
 from tests.backends.cassandra_util import cassandra_admin_fixture, cassandra_hosts_fixture  # noqa: F401
 from tests.backends.kafka_util import kafka_broker  # noqa: F401 - fixture
-from tests.distributed.test_e2e import Distributed
+from tests.distributed.test_e2e import Distributed, assert_projections_converge
 from tests.e2e.conftest import REPO, cli_env
 
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("kafka_broker", "cassandra_admin")]
@@ -190,21 +186,7 @@ def test_broker_and_cassandra_restarts_lose_no_acknowledged_command_and_projecti
             assert outcome is not None, f"acknowledged {cid} is not in the log"
             # appended once: the log holds exactly the events of its first outcome
             assert per_command[cid] == len(outcome.events), cid
-        head = log.head()
-        store = open_store(cluster.store)
-        try:
-            deadline = time.monotonic() + 180
-            while True:
-                applied = store.checkpoint(CONSUMER)
-                if all(applied.get(p, 0) >= o for p, o in head.items()):
-                    break
-                assert time.monotonic() < deadline, f"workers stuck at {applied}, log head {head}"
-                time.sleep(0.5)
-            live = store.checksum()
-        finally:
-            store.close()
-        result = rebuild(log, MemoryStore())
-        assert result.checksum == live
+        assert_projections_converge(cluster, log)
     finally:
         log.close()
     assert server.running, server.output()
