@@ -53,10 +53,11 @@ class StoreFollower:
     def applied(self) -> dict[int, int]:
         return self.store.checkpoint(self.consumer)
 
-    def lag(self) -> int:
+    def lag(self, applied: Mapping[int, int] | None = None) -> int:
+        """Events in the log the workers have not applied (`applied`: a checkpoint just read)."""
         head = self.log.head()
-        applied = self.applied
-        return sum(max(0, off - applied.get(p, 0)) for p, off in head.items())
+        done = self.applied if applied is None else applied
+        return sum(max(0, off - done.get(p, 0)) for p, off in head.items())
 
     def wait_for(self, checkpoint: Mapping[int, int], timeout: float) -> bool:
         deadline = time.monotonic() + timeout
@@ -103,12 +104,13 @@ class StoreFollower:
         last_applied: int | None = None
         while not self._stop.wait(self.REFRESH):
             try:
-                applied = sum(self.applied.values())
+                checkpoint = self.applied  # one store read per refresh (Cassandra settles commits on it)
+                applied = sum(checkpoint.values())
                 if last_applied is not None and applied > last_applied:
                     # position steps, so Kafka transaction markers count too: close enough for a rate
                     m.projection_applied.labels(self.consumer).inc(applied - last_applied)
                 last_applied = applied
-                m.projection_lag.labels(self.consumer).set(self.lag())
+                m.projection_lag.labels(self.consumer).set(self.lag(checkpoint))
                 gauges.refresh(self.store)
             except LabelweaveError as exc:  # the store is unavailable (restarting): one line, no traceback
                 logger.warning("projection gauges refresh failed: %s", exc)
