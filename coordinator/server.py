@@ -113,6 +113,18 @@ def start(settings: Settings, *, clock: Clock | None = None) -> RunningServer:
     return RunningServer(app, server, health_servicer, port, metrics_port, metrics_http)
 
 
+class _ConnectionLossWithoutTraceback(logging.Filter):
+    """kafka-python logs a socket reset during a broker restart with a full traceback; the line
+    itself says what happened, and the clients reconnect. Keep the line, drop the traceback, so
+    a traceback in the server log still means a bug."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.exc_info and isinstance(record.exc_info[1], ConnectionError):
+            record.exc_info = None
+            record.exc_text = None
+        return True
+
+
 def serve(settings: Settings, *, ready: threading.Event | None = None) -> int:
     """Run until SIGTERM or SIGINT; returns the process exit code."""
     stop = threading.Event()
@@ -124,6 +136,7 @@ def serve(settings: Settings, *, ready: threading.Event | None = None) -> int:
     previous = {s: signal.signal(s, on_signal) for s in (signal.SIGTERM, signal.SIGINT)}
     # `kill -USR1 <pid>` writes every thread's stack to stderr: for "why does it hang?" in production.
     faulthandler.register(signal.SIGUSR1, all_threads=True)
+    logging.getLogger("kafka.net.transport").addFilter(_ConnectionLossWithoutTraceback())
     try:
         running = start(settings)
         token_file = settings.admin_token_file
