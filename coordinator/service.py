@@ -1978,7 +1978,7 @@ def _gold_import(
 def _could_lease(task: TaskState, person_id: str, now: datetime) -> bool:
     if task.status == "done":
         return False
-    if any(lease.person_id == person_id for lease in task.leases.values()):
-        return False
+    if any(lease.person_id == person_id and lease.expires_at > now for lease in task.leases.values()):
+        return False  # a lease of theirs that has run out is retired by the lease decision itself
     expired_leases = sum(1 for lease in task.leases.values() if lease.expires_at <= now)
     return task.free_slots + expired_leases > 0

@@ -14,6 +14,8 @@ from coordinator._pb.labelweave.events.v1 import model_pb2
 from coordinator.server import RunningServer, start
 from coordinator.settings import Settings
 from coordinator.testing import ManualClock, sample_schema
+from tests.backends.cassandra_util import cassandra_admin_fixture, cassandra_hosts_fixture  # noqa: F401
+from tests.backends.kafka_util import kafka_broker  # noqa: F401 - fixtures for `both_env`
 
 
 class Stubs:
@@ -40,6 +42,12 @@ class Env:
     channel: grpc.Channel
     admin: Stubs
     data_dir: Path
+
+    def settle(self, timeout: float = 30.0) -> None:
+        """Wait until the projections include every event in the log now (queues, lists and
+        metrics are eventually consistent; on the distributed backend the lag is visible)."""
+        app = self.server.app
+        assert app.runner.wait_for(app.log.head(), timeout=timeout), "projections did not catch up"
 
     def as_(self, token: str) -> Stubs:
         return Stubs(self.channel, token)
@@ -113,16 +121,8 @@ def image_task(
     )
 
 
-@pytest.fixture
-def env(tmp_path: Path) -> Iterator[Env]:
+def _serve(settings: Settings) -> Iterator[Env]:
     clock = ManualClock()
-    settings = Settings(
-        data_dir=tmp_path / "data",
-        listen="127.0.0.1:0",
-        metrics_port=0,
-        lease_sweep_seconds=0.05,
-        shutdown_grace_seconds=1.0,
-    )
     running = start(settings, clock=clock)
     target = f"127.0.0.1:{running.port}"
     channel = grpc.insecure_channel(target)
@@ -132,3 +132,34 @@ def env(tmp_path: Path) -> Iterator[Env]:
     finally:
         channel.close()
         running.stop(grace=1.0)
+
+
+def _embedded(tmp_path: Path) -> Settings:
+    return Settings(
+        data_dir=tmp_path / "data",
+        listen="127.0.0.1:0",
+        metrics_port=0,
+        lease_sweep_seconds=0.05,
+        shutdown_grace_seconds=1.0,
+    )
+
+
+@pytest.fixture
+def env(tmp_path: Path) -> Iterator[Env]:
+    """The embedded default: SQLite event log and projections under a temporary data directory."""
+    yield from _serve(_embedded(tmp_path))
+
+
+@pytest.fixture(params=["embedded", "distributed"])
+def both_env(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Env]:
+    """The same server on each backend: the embedded default, and the distributed one (a real Kafka
+    event log under a fresh topic prefix, a real Cassandra keyspace, projections applied in process
+    so a test's reads follow its writes as on the embedded backend). Fails, never skips, when Kafka
+    or Cassandra is not running (`ops/services.sh start`)."""
+    if request.param == "embedded":
+        yield from _serve(_embedded(tmp_path))
+        return
+    from tests.api.distributed_env import distributed_settings
+
+    with distributed_settings(request, tmp_path) as settings:
+        yield from _serve(settings)

@@ -28,6 +28,13 @@ from projections.memory import MemoryStore
 
 from .conftest import Env, Stubs, image_task
 
+
+@pytest.fixture
+def env(both_env: Env) -> Env:
+    """Every rule in this module is checked on both backends (embedded; Kafka + Cassandra)."""
+    return both_env
+
+
 SEED = "gold-seed"
 
 

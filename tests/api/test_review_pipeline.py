@@ -25,6 +25,13 @@ from projections.review_queries import stage_depths
 
 from .conftest import Env, Stubs, image_task
 
+
+@pytest.fixture
+def env(both_env: Env) -> Env:
+    """Every rule in this module is checked on both backends (embedded; Kafka + Cassandra)."""
+    return both_env
+
+
 SEED = "review-seed"
 REASONS = [
     M.ReasonCode(code="loose_box", description="The box is not tight around the object"),
