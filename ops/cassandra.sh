@@ -37,13 +37,15 @@ HOST=127.0.0.1
 CQL_PORT=9042
 STORAGE_PORT=7000
 JMX_PORT=7199
+NAME=cassandra
+LABEL=Cassandra
+ARTIFACT=org.apache.cassandra:cassandra-all
+VERSION_PROPERTY=cassandra.version
+MAIN_JAR=cassandra-all-$VERSION.jar
 MAIN_CLASS=org.apache.cassandra.service.CassandraDaemon
-
-log() { echo "cassandra: $*" >&2; }
-die() {
-  log "$*"
-  exit 1
-}
+MAIN_CLASS_PATTERN=" $MAIN_CLASS"
+# shellcheck source=ops/lib.sh
+source "$REPO/ops/lib.sh"
 
 java_major() { "$1" -version 2>&1 | sed -n 's/.*version "\([0-9]*\)[."].*/\1/p' | head -n 1; }
 
@@ -67,46 +69,7 @@ java_bin() {
   die "Cassandra $VERSION needs Java 11 or 17; none found (set LABELWEAVE_CASSANDRA_JAVA)"
 }
 
-python_bin() {
-  if [[ -n ${LABELWEAVE_PYTHON:-} ]]; then echo "$LABELWEAVE_PYTHON"; elif [[ -x $REPO/.venv/bin/python ]]; then echo "$REPO/.venv/bin/python"; else command -v python3; fi
-}
-
-# PID of the running node, or nothing. A stale PID file (or a reused PID) is ignored.
-running_pid() {
-  [[ -f $PIDFILE ]] || return 0
-  local pid
-  pid=$(cat "$PIDFILE" 2>/dev/null || true)
-  [[ $pid =~ ^[0-9]+$ ]] || return 0
-  if [[ -r /proc/$pid/cmdline ]] && tr '\0' ' ' <"/proc/$pid/cmdline" | grep -q -- " $MAIN_CLASS"; then
-    echo "$pid"
-  fi
-}
-
-port_in_use() { (exec 3<>"/dev/tcp/$HOST/$1") 2>/dev/null; }
-
 POM=$REPO/ops/maven/cassandra/pom.xml
-
-# The cache is keyed by version and by the pom's hash: editing the pom refetches.
-fetch() {
-  local pom_hash
-  pom_hash=$(sha256sum "$POM" | cut -d' ' -f1)
-  if [[ -f $HOME_DIR/.complete && $(cat "$HOME_DIR/.complete") == "$pom_hash" ]]; then return 0; fi
-  command -v mvn >/dev/null || die "mvn (Maven) is needed to fetch Cassandra $VERSION"
-  log "fetching org.apache.cassandra:cassandra-all:$VERSION and its runtime dependencies into $HOME_DIR"
-  local tmp=$HOME_DIR.tmp.$$
-  rm -rf "$tmp"
-  mkdir -p "$tmp"
-  if ! mvn -B -q -f "$POM" dependency:copy-dependencies \
-    -Dcassandra.version="$VERSION" -DincludeScope=runtime -DoutputDirectory="$tmp/libs" >"$tmp/mvn.log" 2>&1; then
-    tail -n 30 "$tmp/mvn.log" >&2
-    rm -rf "$tmp"
-    die "Maven fetch of Cassandra $VERSION failed"
-  fi
-  ls "$tmp/libs/cassandra-all-$VERSION.jar" >/dev/null || die "cassandra-all-$VERSION.jar missing after fetch"
-  rm -rf "$HOME_DIR"
-  mv "$tmp" "$HOME_DIR"
-  echo "$pom_hash" >"$HOME_DIR/.complete"
-}
 
 write_config() {
   mkdir -p "$CONF" "$LOGS" "$RUN/data" "$RUN/commitlog" "$RUN/saved_caches" "$RUN/hints" "$RUN/cdc_raw"
@@ -317,57 +280,6 @@ EOF
   die "not ready after ${WAIT_SECS}s"
 }
 
-stop() {
-  local pid
-  pid=$(running_pid)
-  if [[ -z $pid ]]; then
-    rm -f "$PIDFILE"
-    log "not running"
-    return 0
-  fi
-  log "stopping (pid $pid)"
-  kill -TERM "$pid" 2>/dev/null || true
-  for _ in $(seq 200); do
-    kill -0 "$pid" 2>/dev/null || break
-    sleep 0.1
-  done
-  if kill -0 "$pid" 2>/dev/null; then
-    log "still running after 20s; sending SIGKILL"
-    kill -KILL "$pid" 2>/dev/null || true
-    while kill -0 "$pid" 2>/dev/null; do sleep 0.1; done
-  fi
-  rm -f "$PIDFILE"
-  log "stopped"
-}
+status_line() { echo "running (pid $1) on $HOST:$CQL_PORT, version $VERSION, logs $LOGS"; }
 
-status() {
-  local pid
-  pid=$(running_pid)
-  if [[ -n $pid ]]; then
-    echo "cassandra: running (pid $pid) on $HOST:$CQL_PORT, version $VERSION, logs $LOGS"
-  else
-    echo "cassandra: stopped"
-    return 3
-  fi
-}
-
-case ${1:-} in
-start) start ;;
-wait) wait_ready ;;
-stop) stop ;;
-status) status ;;
-restart)
-  stop
-  start
-  ;;
-reset)
-  stop
-  rm -rf "$RUN"
-  log "removed $RUN"
-  ;;
-fetch) fetch ;;
-*)
-  echo "usage: $0 start|stop|status|wait|restart|reset|fetch" >&2
-  exit 2
-  ;;
-esac
+dispatch "$@"
