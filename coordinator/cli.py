@@ -1004,6 +1004,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--limit", type=int, default=0, help="at most this many items (0: all)")
 
     _add_quality_commands(parser, command, sub, client)
+    from coordinator.cli_manager import add_manager_commands  # assign, pause, reprioritise, ...
+
+    add_manager_commands(command, sub, client)
+    from coordinator.cli_consensus import add_commands as add_consensus_commands  # agreement, consensus
+
+    add_consensus_commands(command, sub, client)
+    from coordinator.cli_guidance import add_commands as add_guidance_commands  # guideline, question, ...
+
+    add_guidance_commands(parser, command, sub, client)
 
     # import / export / subscribe
     p = command(
@@ -1030,6 +1039,9 @@ def build_parser() -> argparse.ArgumentParser:
     from coordinator.cli_distributed import add_commands as add_distributed_commands
 
     add_distributed_commands(command, sub)
+    from coordinator.cli_planning import add_commands as add_planning_commands
+
+    add_planning_commands(command, sub, client)
 
     p = command(
         sub, "simulate", cmd_simulate, "drive a simulated workforce through the API", parents=[client]

@@ -26,7 +26,18 @@ from typing import TypeVar
 import grpc
 from google.protobuf import timestamp_pb2
 
-from coordinator._pb.labelweave.api.v1 import api_pb2, api_pb2_grpc
+from coordinator._pb.labelweave.api.v1 import (
+    api_pb2,
+    api_pb2_grpc,
+    consensus_pb2,
+    consensus_pb2_grpc,
+    guidance_pb2,
+    guidance_pb2_grpc,
+    manager_pb2,
+    manager_pb2_grpc,
+    planning_pb2,
+    planning_pb2_grpc,
+)
 from coordinator._pb.labelweave.events.v1 import annotation_pb2, model_pb2
 from coordinator.errors import (
     AlreadyExists,
@@ -230,6 +241,9 @@ class LabelweaveClient:
         self._streams = api_pb2_grpc.LabelStreamServiceStub(channel)
         self._reviews = api_pb2_grpc.ReviewServiceStub(channel)
         self._quality = api_pb2_grpc.QualityServiceStub(channel)
+        self._planning = planning_pb2_grpc.PlanningServiceStub(channel)
+        self._manager = manager_pb2_grpc.ManagerServiceStub(channel)
+        self._guidance = guidance_pb2_grpc.GuidanceServiceStub(channel)
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -719,3 +733,266 @@ class LabelweaveClient:
         if ts is not None:
             req.to_time.CopyFrom(ts)
         return self._stream(self._streams.ReadEvents, req, None)
+
+    # ------------------------------------------------------------------ ManagerService
+
+    def assign_task(
+        self,
+        task_id: str,
+        *,
+        person_id: str = "",
+        team: str = "",
+        reason: str = "",
+        force: bool = False,
+        command_id: str | None = None,
+    ) -> api_pb2.Task:
+        """Reserve a task for a person or a team (exactly one); `force` overrides missing skills."""
+        req = manager_pb2.AssignTaskRequest(
+            command_id=_new_id(command_id),
+            task_id=task_id,
+            person_id=person_id,
+            team=team,
+            reason=reason,
+            force=force,
+        )
+        return self._call(self._manager.AssignTask, req)
+
+    def unassign_task(self, task_id: str, reason: str = "", *, command_id: str | None = None) -> api_pb2.Task:
+        req = manager_pb2.UnassignTaskRequest(command_id=_new_id(command_id), task_id=task_id, reason=reason)
+        return self._call(self._manager.UnassignTask, req)
+
+    def pause_project(
+        self, project_id: str, reason: str, *, command_id: str | None = None
+    ) -> api_pb2.Project:
+        req = manager_pb2.PauseProjectRequest(
+            command_id=_new_id(command_id), project_id=project_id, reason=reason
+        )
+        return self._call(self._manager.PauseProject, req)
+
+    def resume_project(
+        self, project_id: str, reason: str = "", *, command_id: str | None = None
+    ) -> api_pb2.Project:
+        req = manager_pb2.ResumeProjectRequest(
+            command_id=_new_id(command_id), project_id=project_id, reason=reason
+        )
+        return self._call(self._manager.ResumeProject, req)
+
+    def reprioritise_tasks(
+        self,
+        project_id: str,
+        priority: int,
+        task_ids: Sequence[str] = (),
+        *,
+        batch_id: str = "",
+        reason: str = "",
+        command_id: str | None = None,
+    ) -> manager_pb2.ReprioritiseTasksResponse:
+        """All or nothing: listed tasks (at most 10,000) or every task of an import batch."""
+        req = manager_pb2.ReprioritiseTasksRequest(
+            command_id=_new_id(command_id),
+            project_id=project_id,
+            task_ids=list(task_ids),
+            batch_id=batch_id,
+            priority=priority,
+            reason=reason,
+        )
+        return self._call(self._manager.ReprioritiseTasks, req)
+
+    def list_assigned(
+        self, project_id: str, *, person_id: str = "", team: str = "", limit: int = 0
+    ) -> manager_pb2.ListAssignedResponse:
+        req = manager_pb2.ListAssignedRequest(
+            project_id=project_id, person_id=person_id, team=team, limit=limit
+        )
+        return self._call(self._manager.ListAssigned, req)
+
+    # ------------------------------------------------------------------ PlanningService
+
+    def get_coverage(
+        self, project_id: str, *, start: datetime | timestamp_pb2.Timestamp | None = None, hours: int = 0
+    ) -> planning_pb2.Coverage:
+        """Who is on shift per UTC hour (from the hour of `start`, default now) and time zone."""
+        req = planning_pb2.GetCoverageRequest(project_id=project_id, hours=hours)
+        ts = _timestamp(start)
+        if ts is not None:
+            req.start.CopyFrom(ts)
+        return self._call(self._planning.GetCoverage, req)
+
+    def list_sla_risks(
+        self, project_id: str, *, limit: int = 0, page_token: str = "", include_safe: bool = False
+    ) -> planning_pb2.ListSlaRisksResponse:
+        req = planning_pb2.ListSlaRisksRequest(
+            project_id=project_id, limit=limit, page_token=page_token, include_safe=include_safe
+        )
+        return self._call(self._planning.ListSlaRisks, req)
+
+    def get_dashboard(
+        self, project_id: str, *, person_id: str = "", team: str = "", window_hours: int = 0
+    ) -> planning_pb2.Dashboard:
+        """A person's dashboard (default: the caller's) or, with `team`, a team's."""
+        req = planning_pb2.GetDashboardRequest(project_id=project_id, window_hours=window_hours)
+        if team:
+            req.team = team
+        else:
+            req.person_id = person_id
+        return self._call(self._planning.GetDashboard, req)
+
+    def get_bottlenecks(self, project_id: str, *, window_hours: int = 0) -> planning_pb2.BottleneckReport:
+        req = planning_pb2.GetBottlenecksRequest(project_id=project_id, window_hours=window_hours)
+        return self._call(self._planning.GetBottlenecks, req)
+
+    def forecast_completion(
+        self, project_id: str, *, window_hours: int = 0, horizon_hours: int = 0
+    ) -> planning_pb2.Forecast:
+        req = planning_pb2.ForecastCompletionRequest(
+            project_id=project_id, window_hours=window_hours, horizon_hours=horizon_hours
+        )
+        return self._call(self._planning.ForecastCompletion, req)
+
+    # ------------------------------------------------------------------ GuidanceService
+
+    def get_guideline(self, project_id: str, version: int = 0) -> guidance_pb2.GuidelineView:
+        """A project's guideline (current, or `version`), your acknowledged version, and the
+        promoted answers waiting for the next version."""
+        req = guidance_pb2.GetGuidelineRequest(project_id=project_id, version=version)
+        return self._call(self._guidance.GetGuideline, req)
+
+    def acknowledge_guideline(
+        self, project_id: str, version: int, *, command_id: str | None = None
+    ) -> guidance_pb2.GuidelineView:
+        """Record that you have read guideline `version`; NextTask serves the project's work once
+        you have acknowledged its current version."""
+        req = guidance_pb2.AcknowledgeGuidelineRequest(
+            command_id=_new_id(command_id), project_id=project_id, version=version
+        )
+        return self._call(self._guidance.AcknowledgeGuideline, req)
+
+    def acknowledge_current_guideline(self, project_id: str) -> guidance_pb2.GuidelineView:
+        """Acknowledge the project's current guideline if you have not yet (a no-op otherwise)."""
+        view = self.get_guideline(project_id)
+        if not view.acknowledgement_required:
+            return view
+        return self.acknowledge_guideline(project_id, view.current_version)
+
+    def ask_question(
+        self,
+        project_id: str,
+        text: str,
+        *,
+        task_id: str = "",
+        section_id: str = "",
+        command_id: str | None = None,
+    ) -> guidance_pb2.Question:
+        req = guidance_pb2.AskQuestionRequest(
+            command_id=_new_id(command_id),
+            project_id=project_id,
+            task_id=task_id,
+            section_id=section_id,
+            text=text,
+        )
+        return self._call(self._guidance.AskQuestion, req)
+
+    def answer_question(
+        self, project_id: str, question_id: str, text: str, *, command_id: str | None = None
+    ) -> guidance_pb2.Question:
+        req = guidance_pb2.AnswerQuestionRequest(
+            command_id=_new_id(command_id), project_id=project_id, question_id=question_id, text=text
+        )
+        return self._call(self._guidance.AnswerQuestion, req)
+
+    def promote_answer(
+        self, project_id: str, answer_id: str, *, section_id: str = "", command_id: str | None = None
+    ) -> guidance_pb2.Question:
+        """Mark an answer to be folded into the next published guideline version."""
+        req = guidance_pb2.PromoteAnswerRequest(
+            command_id=_new_id(command_id), project_id=project_id, answer_id=answer_id, section_id=section_id
+        )
+        return self._call(self._guidance.PromoteAnswer, req)
+
+    def list_questions(
+        self,
+        project_id: str,
+        *,
+        status: guidance_pb2.QuestionStatus.ValueType = guidance_pb2.QUESTION_STATUS_UNSPECIFIED,
+        section_id: str = "",
+        task_id: str = "",
+        limit: int = 0,
+        page_token: str = "",
+    ) -> guidance_pb2.ListQuestionsResponse:
+        req = guidance_pb2.ListQuestionsRequest(
+            project_id=project_id,
+            status=status,
+            section_id=section_id,
+            task_id=task_id,
+            limit=limit,
+            page_token=page_token,
+        )
+        return self._call(self._guidance.ListQuestions, req)
+
+    def iter_questions(
+        self,
+        project_id: str,
+        *,
+        status: guidance_pb2.QuestionStatus.ValueType = guidance_pb2.QUESTION_STATUS_UNSPECIFIED,
+        section_id: str = "",
+        task_id: str = "",
+        page_size: int = 200,
+    ) -> Iterator[guidance_pb2.Question]:
+        """Every matching question in ask order, following page tokens."""
+        token = ""
+        while True:
+            page = self.list_questions(
+                project_id,
+                status=status,
+                section_id=section_id,
+                task_id=task_id,
+                limit=page_size,
+                page_token=token,
+            )
+            yield from page.questions
+            if not page.next_page_token:
+                return
+            token = page.next_page_token
+
+    def post_announcement(
+        self, project_id: str, title: str, body: str = "", *, command_id: str | None = None
+    ) -> guidance_pb2.Announcement:
+        req = guidance_pb2.PostAnnouncementRequest(
+            command_id=_new_id(command_id), project_id=project_id, title=title, body=body
+        )
+        return self._call(self._guidance.PostAnnouncement, req)
+
+    def list_inbox(
+        self, resume_token: str = "", *, project_id: str = "", limit: int = 0
+    ) -> guidance_pb2.ListInboxResponse:
+        """Your inbox after `resume_token` (announcements, answers to your questions, guideline
+        versions to acknowledge), in log order; keep the response's token to resume."""
+        req = guidance_pb2.ListInboxRequest(project_id=project_id, resume_token=resume_token, limit=limit)
+        return self._call(self._guidance.ListInbox, req)
+
+    # ------------------------------------------------------------------ ConsensusService
+
+    @property
+    def _consensus(self) -> consensus_pb2_grpc.ConsensusServiceStub:
+        return consensus_pb2_grpc.ConsensusServiceStub(self._channel)
+
+    def get_consensus(self, task_id: str) -> consensus_pb2.ConsensusReport:
+        """The consensus of every round of a task (ConsensusComputed, oldest first)."""
+        req = consensus_pb2.GetConsensusRequest(task_id=task_id)
+        return self._call(self._consensus.GetConsensus, req)
+
+    def get_agreement(
+        self, project_id: str, *, label: str = "", person_id: str = "", other_person_id: str = ""
+    ) -> consensus_pb2.AgreementReport:
+        """Live agreement of a project, or one class, one annotator, one pair of annotators."""
+        req = consensus_pb2.GetAgreementRequest(
+            project_id=project_id, label=label, person_id=person_id, other_person_id=other_person_id
+        )
+        return self._call(self._consensus.GetAgreement, req)
+
+    def estimate_dawid_skene(
+        self, project_id: str, max_iterations: int = 0
+    ) -> consensus_pb2.DawidSkeneReport:
+        """Dawid-Skene estimates of the project's categorical labels and annotator confusions."""
+        req = consensus_pb2.EstimateDawidSkeneRequest(project_id=project_id, max_iterations=max_iterations)
+        return self._call(self._consensus.EstimateDawidSkene, req)

@@ -86,6 +86,25 @@ class Metrics:
             ["project", "stage"],
             registry=r,
         )
+        self.stage_depth = Gauge(
+            "labelweave_stage_depth",
+            "Work waiting at a stage (annotate: tasks with a free slot; review stages; the expert"
+            " stage: open disputes), by project and stage",
+            ["project", "stage"],
+            registry=r,
+        )
+        self.stage_oldest_seconds = Gauge(
+            "labelweave_stage_oldest_seconds",
+            "Age of the longest-waiting item at a stage (0 when empty), by project and stage",
+            ["project", "stage"],
+            registry=r,
+        )
+        self.sla_at_risk_tasks = Gauge(
+            "labelweave_sla_at_risk_tasks",
+            "Open tasks whose deadline the capacity on shift cannot meet, by project",
+            ["project"],
+            registry=r,
+        )
         self.leases_expired = Counter(
             "labelweave_leases_expired_total", "Leases expired by the lease timer", registry=r
         )

@@ -22,6 +22,8 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 from prometheus_client import start_http_server
 
+from coordinator.api.guidance_servicer import add_guidance_servicer
+from coordinator.api.manager_servicer import add_manager_servicer
 from coordinator.api.servicers import add_servicers
 from coordinator.app import Application
 from coordinator.commandbus import Clock
@@ -83,6 +85,8 @@ def start(settings: Settings, *, clock: Clock | None = None) -> RunningServer:
         ],
     )
     names = add_servicers(server, app.service)
+    names += add_manager_servicer(server, app.service)
+    names += add_guidance_servicer(server, app.service)
     health_servicer = health.HealthServicer(experimental_non_blocking=True)
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     reflection.enable_server_reflection([*names, health.SERVICE_NAME, reflection.SERVICE_NAME], server)

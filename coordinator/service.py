@@ -20,12 +20,14 @@ from typing import TypeVar
 from google.protobuf import json_format
 from google.protobuf.message import Message
 
+from coordinator import manager
 from coordinator._pb.labelweave.api.v1 import api_pb2
 from coordinator._pb.labelweave.events.v1 import annotation_pb2, events_pb2, model_pb2
 from coordinator.auth import SYSTEM, Principal, TtlCache, expired, hash_token, new_token
 from coordinator.commandbus import Clock, CommandBus, Outcome, fingerprint
 from coordinator.domain import aggregates
 from coordinator.domain import commands as C
+from coordinator.domain.consensus import resolve_consensus
 from coordinator.domain.gold import (
     Scoring,
     check_scoreable,
@@ -35,6 +37,7 @@ from coordinator.domain.gold import (
     qualification_of,
     resolve_policy,
 )
+from coordinator.domain.guidance import acknowledgement_needed
 from coordinator.domain.person import AttemptState, PersonState, Standing
 from coordinator.domain.project import ProjectState
 from coordinator.domain.review import (
@@ -271,6 +274,7 @@ class Service:
             out.guideline.CopyFrom(state.guideline)
         if who is not None and out.settings.HasField("quality") and not self._sees_gold(who, state):
             out.settings.quality.ClearField("seed")  # with it, anyone could tell gold turns ahead
+        manager.show_pause(out, state)
         return out
 
     @staticmethod
@@ -529,6 +533,7 @@ class Service:
             out.annotations.append(summary)
         if task.prelabel is not None:
             out.prelabel.CopyFrom(task.prelabel)
+        manager.show_assignment(out, task)
         if task.gold is not None:
             if gold_answer:
                 out.spec.gold.CopyFrom(task.gold.spec())
@@ -766,6 +771,13 @@ class Service:
             project = self._project(pid)
             if project.label_schema is None or who.person_id not in project.members:
                 continue
+            if manager.skip_paused(self, pid, named=bool(req.project_id)):
+                continue
+            if why := acknowledgement_needed(person, project):  # the current guideline is unread
+                if req.project_id:
+                    raise FailedPrecondition(why, field="project_id")
+                refused.append(why)
+                continue
             standing = person.standing(pid)
             taking = standing.open_attempt()
             if taking is not None:  # a qualification in progress: its items come first
@@ -779,7 +791,9 @@ class Service:
                     raise FailedPrecondition(why, field="project_id")
                 refused.append(why)
                 continue
-            outcome = self._lease_next(who, project, standing, req.command_id, fp)
+            outcome = manager.lease_assigned(self, who, person, pid, req.command_id, fp)  # assigned first
+            if outcome is None:
+                outcome = self._lease_next(who, project, standing, req.command_id, fp)
             if outcome is not None:
                 return self._leased(outcome, project)
         if refused:
@@ -1002,6 +1016,9 @@ class Service:
                     self.clock(),
                     self._author_record(task, who.person_id),
                     scoring=scoring,
+                    consensus=resolve_consensus(project.settings.consensus, project.label_schema)
+                    if project.settings.HasField("consensus")
+                    else None,
                 ),
                 req.command_id,
                 fp,

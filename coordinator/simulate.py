@@ -405,6 +405,8 @@ def annotator_loop(run: Run, worker: Worker, client: LabelweaveClient) -> None:
     pending: dict[str, Pending] = {}  # annotation_id → what I submitted and await a verdict on
     last_check = 0.0
     idle = 0.05
+    # NextTask serves a project's work only once its current guideline is acknowledged
+    run.call(me, "acknowledge_guideline", partial(client.acknowledge_current_guideline, run.project_id))
     while not run.stop.is_set():
         now = time.monotonic()
         if pending and now - last_check > 1.0:

@@ -431,4 +431,9 @@ def add_servicers(server: grpc.Server, service: Service) -> list[str]:
     api_pb2_grpc.add_LabelStreamServiceServicer_to_server(LabelStreamServicer(service), server)
     api_pb2_grpc.add_ReviewServiceServicer_to_server(ReviewServicer(service), server)
     api_pb2_grpc.add_QualityServiceServicer_to_server(QualityServicer(service), server)
-    return [s.full_name for s in api_pb2.DESCRIPTOR.services_by_name.values()]
+    from coordinator.api.consensus_servicer import add_consensus_servicer  # it imports this module
+    from coordinator.api.planning_servicer import add_planning_servicer  # it imports this module
+
+    planning = add_planning_servicer(server, service)
+    consensus = add_consensus_servicer(server, service)
+    return [s.full_name for s in api_pb2.DESCRIPTOR.services_by_name.values()] + planning + consensus

@@ -12,6 +12,7 @@ from collections.abc import Iterable
 from google.protobuf.message import Message
 
 from coordinator.domain.commands import (
+    AcknowledgeGuideline,
     ImportGoldTask,
     ImportTask,
     IssueToken,
@@ -37,6 +38,8 @@ def stream_of(cmd: Command) -> str:
     if isinstance(cmd, RegisterPerson | UpdatePerson):
         return f"person:{cmd.spec.person_id}"
     if isinstance(cmd, IssueToken | RevokeToken | RecordGoldResult | StartQualification | ReinstatePerson):
+        return f"person:{cmd.person_id}"
+    if isinstance(cmd, AcknowledgeGuideline):
         return f"person:{cmd.person_id}"
     if isinstance(cmd, ImportTask | ImportGoldTask):
         return f"task:{cmd.spec.task_id}"

@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 
 from coordinator._pb.labelweave.events.v1 import annotation_pb2, events_pb2, model_pb2
+from coordinator.domain.consensus import Consensus
 from coordinator.domain.gold import Scoring
 from coordinator.domain.review import NO_HISTORY, AuthorRecord
 
@@ -51,6 +52,64 @@ class RemoveProjectMember:
     person_id: str
 
 
+# Guidelines and communication (coordinator/domain/guidance.py): project stream.
+
+
+@dataclass(frozen=True)
+class AskQuestion:
+    project_id: str
+    question_id: str
+    asker_id: str
+    text: str
+    task_id: str = ""  # checked by the service: a task of the project the asker may see
+    section_id: str = ""
+
+
+@dataclass(frozen=True)
+class AnswerQuestion:
+    project_id: str
+    question_id: str
+    answer_id: str
+    answerer_id: str
+    text: str
+
+
+@dataclass(frozen=True)
+class PromoteAnswer:
+    project_id: str
+    answer_id: str
+    promoted_by: str
+    section_id: str = ""
+
+
+@dataclass(frozen=True)
+class PostAnnouncement:
+    project_id: str
+    announcement_id: str
+    author_id: str
+    title: str
+    body: str
+
+
+# Manager controls (coordinator/domain/controls.py, docs/manager-controls.md): project stream.
+
+
+@dataclass(frozen=True)
+class PauseProject:
+    project_id: str
+    paused_by: str
+    reason: str
+    now: datetime
+
+
+@dataclass(frozen=True)
+class ResumeProject:
+    project_id: str
+    resumed_by: str
+    reason: str
+    now: datetime
+
+
 ProjectCommand = (
     CreateProject
     | UpdateProjectSettings
@@ -58,6 +117,12 @@ ProjectCommand = (
     | PublishGuideline
     | AddProjectMember
     | RemoveProjectMember
+    | PauseProject
+    | ResumeProject
+    | AskQuestion
+    | AnswerQuestion
+    | PromoteAnswer
+    | PostAnnouncement
 )
 
 # ------------------------------------------------------------------ people
@@ -118,8 +183,17 @@ class ReinstatePerson:
     reason: str
 
 
+@dataclass(frozen=True)
+class AcknowledgeGuideline:
+    person_id: str
+    project_id: str
+    version: int
+    current_version: int  # the project's guideline version now (the service reads the project)
+
+
 PersonCommand = (
-    RegisterPerson
+    AcknowledgeGuideline
+    | RegisterPerson
     | UpdatePerson
     | IssueToken
     | RevokeToken
@@ -166,6 +240,7 @@ class LeaseTask:
     now: datetime
     serve_gold: bool = False  # the gold mix chose a gold task (gold tasks refuse other leases)
     attempt: int = 0  # a training item: the caller's open qualification attempt
+    teams: frozenset[str] = frozenset()  # the person's teams (a task assigned to a team)
 
 
 @dataclass(frozen=True)
@@ -196,6 +271,7 @@ class SubmitAnnotation:
     now: datetime
     author: AuthorRecord = NO_HISTORY  # the author's recent acceptance, for stratified sampling
     scoring: Scoring | None = None  # gold tasks: thresholds (and schema) to score with
+    consensus: Consensus | None = None  # the project's consensus policy (None: no consensus)
 
 
 @dataclass(frozen=True)
@@ -264,6 +340,45 @@ class AbandonAnnotation:
     reason: str
 
 
+# Manager controls (coordinator/domain/controls.py): task stream.
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """A project member who would work on an assigned task, as the service found them."""
+
+    person_id: str
+    skills: frozenset[str]
+    suspended: bool = False
+
+
+@dataclass(frozen=True)
+class AssignTask:
+    task_id: str
+    person_id: str  # exactly one of person_id and team
+    team: str
+    assigned_by: str
+    reason: str
+    force: bool
+    # The person (if a member of the task's project), or the project's members in the team.
+    candidates: tuple[Candidate, ...]
+
+
+@dataclass(frozen=True)
+class UnassignTask:
+    task_id: str
+    unassigned_by: str
+    reason: str
+
+
+@dataclass(frozen=True)
+class ReprioritiseTask:
+    task_id: str
+    priority: int
+    reprioritised_by: str
+    reason: str
+
+
 TaskCommand = (
     ImportTask
     | ImportGoldTask
@@ -278,6 +393,9 @@ TaskCommand = (
     | AbandonAnnotation
     | OpenDispute
     | ResolveDispute
+    | AssignTask
+    | UnassignTask
+    | ReprioritiseTask
 )
 
 

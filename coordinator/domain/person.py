@@ -19,8 +19,9 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from google.protobuf.message import Message
 
-from coordinator._pb.labelweave.events.v1 import events_pb2, model_pb2
+from coordinator._pb.labelweave.events.v1 import events_pb2, guidance_pb2, model_pb2
 from coordinator.domain.commands import (
+    AcknowledgeGuideline,
     IssueToken,
     PersonCommand,
     RecordGoldResult,
@@ -30,7 +31,9 @@ from coordinator.domain.commands import (
     StartQualification,
     UpdatePerson,
 )
+from coordinator.domain.controls import check_teams
 from coordinator.domain.gold import check_skill_name, resolve_policy
+from coordinator.domain.guidance import acknowledged, decide_acknowledge
 from coordinator.domain.ids import check_id, require_aware, to_datetime, to_timestamp
 from coordinator.domain.schedule import schedule_from_spec
 from coordinator.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound
@@ -47,6 +50,7 @@ PERSON_EVENTS: Final[tuple[type[Message], ...]] = (
     events_pb2.QualificationStarted,
     events_pb2.QualificationCompleted,
     events_pb2.SkillGranted,
+    guidance_pb2.GuidelineAcknowledged,
 )
 MAX_REASON_LENGTH: Final = 2000
 
@@ -159,11 +163,17 @@ def _no_standings() -> Mapping[str, Standing]:
     return MappingProxyType({})
 
 
+def _no_acknowledgements() -> Mapping[str, int]:
+    return MappingProxyType({})
+
+
 @dataclass(frozen=True)
 class PersonState:
     spec: model_pb2.PersonSpec
     tokens: Mapping[str, TokenState] = field(default_factory=_no_tokens)
     quality: Mapping[str, Standing] = field(default_factory=_no_standings)  # by project id
+    # guideline version acknowledged, by project id (domain/guidance.py; NextTask's gate)
+    acknowledged: Mapping[str, int] = field(default_factory=_no_acknowledgements)
 
     def standing(self, project_id: str) -> Standing:
         return self.quality.get(project_id) or NO_STANDING
@@ -203,6 +213,7 @@ def validate_person_spec(spec: model_pb2.PersonSpec) -> None:
             raise InvalidArgument(f"duplicate skill {skill.name!r}", field=f"person.skills[{i}].name")
         seen.add(skill.name)
     schedule_from_spec(spec.time_zone, spec.schedule)
+    check_teams(spec)
 
 
 def _is_time_zone(name: str) -> bool:
@@ -258,6 +269,8 @@ def decide_person(state: PersonState | None, cmd: PersonCommand) -> list[Message
         return _start_qualification(state, cmd)
     if isinstance(cmd, ReinstatePerson):
         return _reinstate(state, cmd)
+    if isinstance(cmd, AcknowledgeGuideline):
+        return decide_acknowledge(state, cmd)
     raise TypeError(f"not a person command: {type(cmd).__name__}")
 
 
@@ -516,6 +529,8 @@ def evolve_person(state: PersonState | None, event: Message) -> PersonState:
         else:
             spec.skills.append(event.skill)
         return replace(state, spec=spec)
+    if isinstance(event, guidance_pb2.GuidelineAcknowledged):
+        return acknowledged(state, event)
     if isinstance(event, _QUALITY_EVENTS):
         project_id: str = event.project_id
         standing = _evolve_standing(state.standing(project_id), event)

@@ -12,16 +12,29 @@ from typing import Final
 from google.protobuf.message import Message
 
 from coordinator._pb.labelweave.events.v1 import events_pb2, model_pb2
+from coordinator.domain import controls
 from coordinator.domain.commands import (
     AddProjectMember,
     CreateProject,
+    PauseProject,
     ProjectCommand,
     PublishGuideline,
     PublishLabelSchema,
     RemoveProjectMember,
+    ResumeProject,
     UpdateProjectSettings,
 )
+from coordinator.domain.consensus import check_consensus
 from coordinator.domain.gold import check_quality
+from coordinator.domain.guidance import (
+    GUIDANCE_PROJECT_COMMANDS,
+    GUIDANCE_PROJECT_EVENTS,
+    NO_GUIDANCE,
+    GuidanceState,
+    decide_guidance,
+    evolve_guidance,
+)
+from coordinator.domain.guidance import publish as publish_guideline
 from coordinator.domain.ids import check_id
 from coordinator.domain.review import check_settings, normalize_pipeline, reason_codes_of
 from coordinator.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound
@@ -40,6 +53,8 @@ PROJECT_EVENTS: Final[tuple[type[Message], ...]] = (
     events_pb2.GuidelinePublished,
     events_pb2.ProjectMemberAdded,
     events_pb2.ProjectMemberRemoved,
+    *controls.PROJECT_CONTROL_EVENTS,
+    *GUIDANCE_PROJECT_EVENTS,
 )
 
 
@@ -52,6 +67,8 @@ class ProjectState:
     label_schema: model_pb2.LabelSchema | None = None
     guideline: model_pb2.Guideline | None = None
     members: frozenset[str] = frozenset()
+    guidance: GuidanceState = NO_GUIDANCE  # questions, answers, promotions (domain/guidance.py)
+    pause: controls.Pause | None = None  # manager controls: paused projects lease nothing
 
     @property
     def schema_version(self) -> int:
@@ -91,6 +108,7 @@ def normalize_settings(settings: model_pb2.ProjectSettings) -> model_pb2.Project
 def _checked_settings(settings: model_pb2.ProjectSettings) -> model_pb2.ProjectSettings:
     check_settings(settings)
     check_quality(settings.quality)
+    check_consensus(settings.consensus)
     out = normalize_settings(settings)
     if out.default_overlap > MAX_OVERLAP:
         raise InvalidArgument(
@@ -143,12 +161,9 @@ def decide_project(state: ProjectState | None, cmd: ProjectCommand) -> list[Mess
         schema.version = state.schema_version + 1
         return [events_pb2.LabelSchemaPublished(project_id=state.project_id, schema=schema)]
     if isinstance(cmd, PublishGuideline):
-        if not cmd.guideline.title.strip():
-            raise InvalidArgument("required", field="guideline.title")
-        guideline = model_pb2.Guideline()
-        guideline.CopyFrom(cmd.guideline)
-        guideline.version = state.guideline_version + 1
-        return [events_pb2.GuidelinePublished(project_id=state.project_id, guideline=guideline)]
+        return publish_guideline(state, cmd)  # sections checked, promoted answers folded in
+    if isinstance(cmd, GUIDANCE_PROJECT_COMMANDS):
+        return decide_guidance(state, cmd)
     if isinstance(cmd, AddProjectMember):
         check_id(cmd.person_id, "person_id")
         if cmd.person_id in state.members:
@@ -158,6 +173,10 @@ def decide_project(state: ProjectState | None, cmd: ProjectCommand) -> list[Mess
         if cmd.person_id not in state.members:
             raise FailedPrecondition(f"{cmd.person_id} is not a member of project {state.project_id}")
         return [events_pb2.ProjectMemberRemoved(project_id=state.project_id, person_id=cmd.person_id)]
+    if isinstance(cmd, PauseProject):
+        return controls.decide_pause(state, cmd)
+    if isinstance(cmd, ResumeProject):
+        return controls.decide_resume(state, cmd)
     raise TypeError(f"not a project command: {type(cmd).__name__}")
 
 
@@ -182,9 +201,13 @@ def evolve_project(state: ProjectState | None, event: Message) -> ProjectState:
     if isinstance(event, events_pb2.GuidelinePublished):
         guideline = model_pb2.Guideline()
         guideline.CopyFrom(event.guideline)
-        return replace(state, guideline=guideline)
+        return replace(state, guideline=guideline, guidance=evolve_guidance(state.guidance, event))
+    if isinstance(event, GUIDANCE_PROJECT_EVENTS):
+        return replace(state, guidance=evolve_guidance(state.guidance, event))
     if isinstance(event, events_pb2.ProjectMemberAdded):
         return replace(state, members=state.members | {event.person_id})
     if isinstance(event, events_pb2.ProjectMemberRemoved):
         return replace(state, members=state.members - {event.person_id})
+    if isinstance(event, controls.PROJECT_CONTROL_EVENTS):
+        return controls.evolve_project_control(state, event)
     raise TypeError(f"not a project event: {type(event).__name__}")

@@ -31,9 +31,11 @@ from typing import Final, TypeVar
 
 from google.protobuf.message import Message
 
-from coordinator._pb.labelweave.events.v1 import annotation_pb2, events_pb2, model_pb2
+from coordinator._pb.labelweave.events.v1 import annotation_pb2, consensus_pb2, events_pb2, model_pb2
+from coordinator.domain import controls
 from coordinator.domain.commands import (
     AbandonAnnotation,
+    AssignTask,
     EditAnnotation,
     ExpireLease,
     ImportGoldTask,
@@ -43,11 +45,14 @@ from coordinator.domain.commands import (
     OpenDispute,
     ReleaseLease,
     ReopenTask,
+    ReprioritiseTask,
     ResolveDispute,
     ReviewAnnotation,
     SubmitAnnotation,
     TaskCommand,
+    UnassignTask,
 )
+from coordinator.domain.consensus import consensus_events
 from coordinator.domain.gold import Scoring, check_skill_name, score_answer
 from coordinator.domain.ids import require_aware, to_datetime, to_timestamp
 from coordinator.domain.review import (
@@ -103,6 +108,8 @@ TASK_EVENTS: Final[tuple[type[Message], ...]] = (
     events_pb2.DisputeResolved,
     events_pb2.GoldTaskImported,
     events_pb2.GoldScored,
+    consensus_pb2.ConsensusComputed,
+    *controls.TASK_CONTROL_EVENTS,
 )
 
 _M = TypeVar("_M", bound=Message)
@@ -130,6 +137,10 @@ def _empty_annotations() -> Mapping[str, AnnotationState]:
 
 
 def _empty_disputes() -> Mapping[str, DisputeState]:
+    return MappingProxyType({})
+
+
+def _empty_consensus() -> Mapping[int, consensus_pb2.ConsensusComputed]:
     return MappingProxyType({})
 
 
@@ -220,6 +231,8 @@ class TaskState:
     pipeline: model_pb2.ReviewPipeline = field(default_factory=model_pb2.ReviewPipeline)
     disputes: Mapping[str, DisputeState] = field(default_factory=_empty_disputes)
     gold: GoldState | None = None
+    consensus: Mapping[int, consensus_pb2.ConsensusComputed] = field(default_factory=_empty_consensus)
+    assignment: controls.Assignment | None = None  # manager controls: who alone may lease it
 
     @property
     def overlap(self) -> int:
@@ -294,6 +307,12 @@ def decide_task(state: TaskState | None, cmd: TaskCommand) -> list[Message]:
         return _open_dispute(state, cmd)
     if isinstance(cmd, ResolveDispute):
         return _resolve_dispute(state, cmd)
+    if isinstance(cmd, AssignTask):
+        return controls.decide_assign(state, cmd)
+    if isinstance(cmd, UnassignTask):
+        return controls.decide_unassign(state, cmd)
+    if isinstance(cmd, ReprioritiseTask):
+        return controls.decide_reprioritise(state, cmd)
     raise TypeError(f"not a task command: {type(cmd).__name__}")
 
 
@@ -387,8 +406,9 @@ def _lease(state: TaskState, cmd: LeaseTask) -> list[Message]:
         raise FailedPrecondition(f"{cmd.person_id} already holds a lease on this task")
     if any(a.author_id == cmd.person_id for a in current.live_annotations):
         raise FailedPrecondition("already annotated by you in this round")
+    waived = controls.check_lease(current, cmd)  # an assigned task: its assignee only
     missing = sorted(set(current.spec.required_skills) - cmd.person_skills)
-    if missing:
+    if missing and not waived:
         raise FailedPrecondition(f"missing skills: {', '.join(missing)}")
     gold = current.gold
     if gold is not None:
@@ -468,7 +488,10 @@ def _submit(state: TaskState, cmd: SubmitAnnotation) -> list[Message]:
         )
     ]
     after = _apply(state, events)
-    events.extend(_route(after, after.annotations[cmd.annotation_id], 0, "", cmd.author))
+    agreed = consensus_events(after, cmd.annotation_id, cmd.consensus)  # escalation routes it itself
+    events.extend(agreed)
+    if not any(isinstance(e, events_pb2.ReviewRouted) for e in agreed):
+        events.extend(_route(after, after.annotations[cmd.annotation_id], 0, "", cmd.author))
     return _with_completion(state, events)
 
 
@@ -1049,12 +1072,16 @@ def evolve_task(state: TaskState | None, event: Message) -> TaskState:
                 reviewers=reviewers,
             ),
         )
+    if isinstance(event, consensus_pb2.ConsensusComputed):  # by round
+        return replace(state, consensus=_frozen({**state.consensus, int(event.round): _copy(event)}))
     if isinstance(event, events_pb2.GoldScored):
         ann = _known(state, event.annotation_id)
         state = _put(state, replace(ann, status=SCORED, stage=-1))
         if state.gold is not None and event.purpose == model_pb2.GOLD_PURPOSE_GOLD:
             state = replace(state, gold=replace(state.gold, answered=state.gold.answered | {event.person_id}))
         return state
+    if isinstance(event, controls.TASK_CONTROL_EVENTS):
+        return controls.evolve_task_control(state, event)
     raise TypeError(f"not a task event: {type(event).__name__}")
 
 

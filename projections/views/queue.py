@@ -6,7 +6,13 @@ Collections
 - "queue_keys"  pk=project_id, sk=f"{skill_key}|{shard}" → {count}   (deleted when it reaches 0)
 - "queue_depth" pk="all", sk=f"{project_id}|{shard}" → {depth}      (kept at 0 so gauges drop to 0)
 - "queue_task"  pk=task_id, sk="" → the view's own task state (core fields from `taskstate`
-                plus project_id, skill_key and the current queue sort key or "")
+                plus project_id, skill_key and the current queue sort key or "", and
+                `assignee` while a manager has assigned the task)
+- "assigned_queue" pk=f"{project_id}|person:{id}" or f"{project_id}|team:{team}",
+                sk=queue sort key → {task_id}: queued tasks assigned to that person or team
+                (docs/manager-controls.md). An assigned task is in this collection instead of
+                "queue", so the open queue never hands it to anyone else; it still counts in
+                "queue_depth".
 
 `skill_key` is the comma-joined sorted set of the task's required skills ("" for none).
 Counters are sharded by the event's log partition (`projections.base.shard_of`): tasks of one
@@ -15,6 +21,8 @@ distributed backend. `projections.queries` sums the shards.
 """
 
 from __future__ import annotations
+
+from typing import Any
 
 from coordinator._pb.labelweave.events.v1 import events_pb2
 from coordinator.eventlog.base import RecordedEvent
@@ -34,15 +42,30 @@ def queue_pk(project_id: str, key: str) -> str:
     return f"{project_id}|{key}"
 
 
+def assignee_key(person_id: str, team: str) -> str:
+    return f"person:{person_id}" if person_id else f"team:{team}"
+
+
+def with_priority(sort_key: str, priority: int) -> str:
+    """`sort_key` (see `queue_sort_key`) with another priority; deadline and import order stay."""
+    return f"{2_147_483_647 - int(priority):010d}{sort_key[10:]}"
+
+
+_CONTROLS = frozenset({"task_assigned", "task_unassigned", "task_reprioritised"})
+
+
 class QueueView:
     name: str = "queue"
-    collections: tuple[str, ...] = ("queue", "queue_keys", "queue_depth", "queue_task")
+    collections: tuple[str, ...] = ("queue", "queue_keys", "queue_depth", "queue_task", "assigned_queue")
 
     def apply(self, event: RecordedEvent, tx: ViewTx) -> None:
         env = event.envelope
         kind = env.WhichOneof("payload")
         if kind == "task_imported":
             self._imported(env.task_imported, event.position.offset, shard_of(event), tx)
+            return
+        if kind in _CONTROLS:
+            self._control(kind, getattr(env, kind), shard_of(event), tx)
             return
         if kind not in TASK_EVENTS or kind == "prelabel_ingested":
             return
@@ -78,14 +101,38 @@ class QueueView:
             tx.put("queue_depth", "all", f"{p.project_id}{SHARD_SEP}{shard}", {"depth": 0})
         tx.put("queue_task", spec.task_id, "", doc)
 
+    def _control(self, kind: str, p: Any, shard: str, tx: ViewTx) -> None:
+        """Assignment moves a queued task between the open queue and an assignee's queue; a new
+        priority moves it within its queue. Out and back in, so counters stay exact."""
+        doc = tx.get("queue_task", p.task_id)
+        if doc is None:
+            return
+        queued = bool(doc.get("queued"))
+        if queued:
+            self._dequeue(doc, shard, tx)
+        if kind == "task_assigned":
+            doc["assignee"] = assignee_key(p.person_id, p.team)
+        elif kind == "task_unassigned":
+            doc.pop("assignee", None)
+        else:
+            doc["sort_key"] = with_priority(doc["sort_key"], p.priority)
+        if queued:
+            self._enqueue(doc, shard, tx)
+        tx.put("queue_task", p.task_id, "", doc)
+
     @staticmethod
     def _enqueue(doc: Doc, shard: str, tx: ViewTx) -> None:
         pid, key = doc["project_id"], doc["skill_key"]
-        tx.put("queue", queue_pk(pid, key), doc["sort_key"], {"task_id": doc["task_id"]})
+        assignee = doc.get("assignee")
+        if assignee:  # only its assignee is served it; not in the open queue
+            tx.put("assigned_queue", queue_pk(pid, assignee), doc["sort_key"], {"task_id": doc["task_id"]})
+        else:
+            tx.put("queue", queue_pk(pid, key), doc["sort_key"], {"task_id": doc["task_id"]})
+            key_sk = f"{key}{SHARD_SEP}{shard}"
+            keys = tx.get("queue_keys", pid, key_sk)
+            tx.put("queue_keys", pid, key_sk, {"count": (keys["count"] if keys else 0) + 1})
         doc["queued"] = True
-        key_sk, depth_sk = f"{key}{SHARD_SEP}{shard}", f"{pid}{SHARD_SEP}{shard}"
-        keys = tx.get("queue_keys", pid, key_sk)
-        tx.put("queue_keys", pid, key_sk, {"count": (keys["count"] if keys else 0) + 1})
+        depth_sk = f"{pid}{SHARD_SEP}{shard}"
         depth = tx.get("queue_depth", "all", depth_sk)
         tx.put("queue_depth", "all", depth_sk, {"depth": (depth["depth"] if depth else 0) + 1})
 
@@ -94,14 +141,19 @@ class QueueView:
         if not doc.get("queued"):
             return
         pid, key = doc["project_id"], doc["skill_key"]
-        tx.delete("queue", queue_pk(pid, key), doc["sort_key"])
-        doc["queued"] = False
-        key_sk, depth_sk = f"{key}{SHARD_SEP}{shard}", f"{pid}{SHARD_SEP}{shard}"
-        keys = tx.get("queue_keys", pid, key_sk)
-        count = (keys["count"] if keys else 1) - 1
-        if count > 0:
-            tx.put("queue_keys", pid, key_sk, {"count": count})
+        assignee = doc.get("assignee")
+        if assignee:
+            tx.delete("assigned_queue", queue_pk(pid, assignee), doc["sort_key"])
         else:
-            tx.delete("queue_keys", pid, key_sk)
+            tx.delete("queue", queue_pk(pid, key), doc["sort_key"])
+            key_sk = f"{key}{SHARD_SEP}{shard}"
+            keys = tx.get("queue_keys", pid, key_sk)
+            count = (keys["count"] if keys else 1) - 1
+            if count > 0:
+                tx.put("queue_keys", pid, key_sk, {"count": count})
+            else:
+                tx.delete("queue_keys", pid, key_sk)
+        doc["queued"] = False
+        depth_sk = f"{pid}{SHARD_SEP}{shard}"
         depth = tx.get("queue_depth", "all", depth_sk)
         tx.put("queue_depth", "all", depth_sk, {"depth": max((depth["depth"] if depth else 1) - 1, 0)})

@@ -9,7 +9,7 @@ Collections
 
 from __future__ import annotations
 
-from coordinator._pb.labelweave.events.v1 import events_pb2
+from coordinator._pb.labelweave.events.v1 import controls_pb2, events_pb2
 from coordinator.eventlog.base import RecordedEvent
 from projections.base import ViewTx
 from projections.views.taskstate import TASK_EVENTS, evolve, new_core, ts_ms
@@ -45,6 +45,9 @@ class TasksView:
         if kind == "task_imported":
             self._imported(env.task_imported, offset, tx)
             return
+        if kind == "task_reprioritised":  # manager controls: the document shows the priority now
+            self._reprioritised(env.task_reprioritised, offset, tx)
+            return
         if kind not in TASK_EVENTS:
             return
         p = getattr(env, kind)
@@ -72,6 +75,14 @@ class TasksView:
             pid, imported = doc["project_id"], doc["imported_offset"]
             tx.delete("tasks_by_project", pid, status_sk(before, imported, task_id))
             tx.put("tasks_by_project", pid, status_sk(after, imported, task_id), {"task_id": task_id})
+
+    @staticmethod
+    def _reprioritised(p: controls_pb2.TaskReprioritised, offset: int, tx: ViewTx) -> None:
+        doc = tx.get("task", p.task_id)
+        if doc is not None:
+            doc["priority"] = int(p.priority)
+            doc["last_offset"] = offset
+            tx.put("task", p.task_id, "", doc)
 
     def _imported(self, p: events_pb2.TaskImported, offset: int, tx: ViewTx) -> None:
         spec = p.task

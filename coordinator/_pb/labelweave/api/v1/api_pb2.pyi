@@ -223,12 +223,20 @@ class Project(_message.Message):
     MEMBERS_FIELD_NUMBER: _builtins.int
     QUEUE_DEPTH_FIELD_NUMBER: _builtins.int
     POSITION_FIELD_NUMBER: _builtins.int
+    PAUSED_FIELD_NUMBER: _builtins.int
+    PAUSED_REASON_FIELD_NUMBER: _builtins.int
+    PAUSED_BY_FIELD_NUMBER: _builtins.int
+    PAUSED_AT_FIELD_NUMBER: _builtins.int
     project_id: _builtins.str
     name: _builtins.str
     description: _builtins.str
     queue_depth: _builtins.int
     position: _builtins.str
     """log position of the last change"""
+    paused: _builtins.bool
+    """ManagerService.PauseProject: nothing is leased"""
+    paused_reason: _builtins.str
+    paused_by: _builtins.str
     @_builtins.property
     def settings(self) -> _model_pb2.ProjectSettings: ...
     @_builtins.property
@@ -241,6 +249,8 @@ class Project(_message.Message):
 
     @_builtins.property
     def members(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
+    @_builtins.property
+    def paused_at(self) -> _timestamp_pb2.Timestamp: ...
     def __init__(
         self,
         *,
@@ -253,10 +263,14 @@ class Project(_message.Message):
         members: _abc.Iterable[_builtins.str] | None = ...,
         queue_depth: _builtins.int = ...,
         position: _builtins.str = ...,
+        paused: _builtins.bool = ...,
+        paused_reason: _builtins.str = ...,
+        paused_by: _builtins.str = ...,
+        paused_at: _timestamp_pb2.Timestamp | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["guideline", b"guideline", "label_schema", b"label_schema", "settings", b"settings"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["guideline", b"guideline", "label_schema", b"label_schema", "paused_at", b"paused_at", "settings", b"settings"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["description", b"description", "guideline", b"guideline", "label_schema", b"label_schema", "members", b"members", "name", b"name", "position", b"position", "project_id", b"project_id", "queue_depth", b"queue_depth", "settings", b"settings"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["description", b"description", "guideline", b"guideline", "label_schema", b"label_schema", "members", b"members", "name", b"name", "paused", b"paused", "paused_at", b"paused_at", "paused_by", b"paused_by", "paused_reason", b"paused_reason", "position", b"position", "project_id", b"project_id", "queue_depth", b"queue_depth", "settings", b"settings"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -739,12 +753,18 @@ class Task(_message.Message):
     ROUND_FIELD_NUMBER: _builtins.int
     PRELABEL_FIELD_NUMBER: _builtins.int
     POSITION_FIELD_NUMBER: _builtins.int
+    ASSIGNED_PERSON_ID_FIELD_NUMBER: _builtins.int
+    ASSIGNED_TEAM_FIELD_NUMBER: _builtins.int
     task_id: _builtins.str
     project_id: _builtins.str
     batch_id: _builtins.str
     status: Global___TaskStatus.ValueType
     round: _builtins.int
     position: _builtins.str
+    assigned_person_id: _builtins.str
+    """ManagerService.AssignTask: only this person may lease it"""
+    assigned_team: _builtins.str
+    """... or only members of this team"""
     @_builtins.property
     def spec(self) -> _model_pb2.TaskSpec: ...
     @_builtins.property
@@ -766,10 +786,12 @@ class Task(_message.Message):
         round: _builtins.int = ...,
         prelabel: _annotation_pb2.Annotation | None = ...,
         position: _builtins.str = ...,
+        assigned_person_id: _builtins.str = ...,
+        assigned_team: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["prelabel", b"prelabel", "spec", b"spec"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["annotations", b"annotations", "batch_id", b"batch_id", "leases", b"leases", "position", b"position", "prelabel", b"prelabel", "project_id", b"project_id", "round", b"round", "spec", b"spec", "status", b"status", "task_id", b"task_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["annotations", b"annotations", "assigned_person_id", b"assigned_person_id", "assigned_team", b"assigned_team", "batch_id", b"batch_id", "leases", b"leases", "position", b"position", "prelabel", b"prelabel", "project_id", b"project_id", "round", b"round", "spec", b"spec", "status", b"status", "task_id", b"task_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -12,6 +12,9 @@ from google.protobuf import message as _message
 from google.protobuf import timestamp_pb2 as _timestamp_pb2
 from google.protobuf.internal import containers as _containers
 from coordinator._pb.labelweave.events.v1 import annotation_pb2 as _annotation_pb2
+from coordinator._pb.labelweave.events.v1 import consensus_pb2 as _consensus_pb2
+from coordinator._pb.labelweave.events.v1 import controls_pb2 as _controls_pb2
+from coordinator._pb.labelweave.events.v1 import guidance_pb2 as _guidance_pb2
 from coordinator._pb.labelweave.events.v1 import model_pb2 as _model_pb2
 import builtins as _builtins
 import sys
@@ -67,6 +70,12 @@ class EventEnvelope(_message.Message):
     PROJECT_MEMBER_ADDED_FIELD_NUMBER: _builtins.int
     PROJECT_MEMBER_REMOVED_FIELD_NUMBER: _builtins.int
     PROJECT_SETTINGS_CHANGED_FIELD_NUMBER: _builtins.int
+    QUESTION_ASKED_FIELD_NUMBER: _builtins.int
+    QUESTION_ANSWERED_FIELD_NUMBER: _builtins.int
+    ANSWER_PROMOTED_FIELD_NUMBER: _builtins.int
+    ANNOUNCEMENT_POSTED_FIELD_NUMBER: _builtins.int
+    PROJECT_PAUSED_FIELD_NUMBER: _builtins.int
+    PROJECT_RESUMED_FIELD_NUMBER: _builtins.int
     PERSON_REGISTERED_FIELD_NUMBER: _builtins.int
     PERSON_UPDATED_FIELD_NUMBER: _builtins.int
     TOKEN_ISSUED_FIELD_NUMBER: _builtins.int
@@ -78,6 +87,7 @@ class EventEnvelope(_message.Message):
     QUALIFICATION_STARTED_FIELD_NUMBER: _builtins.int
     QUALIFICATION_COMPLETED_FIELD_NUMBER: _builtins.int
     SKILL_GRANTED_FIELD_NUMBER: _builtins.int
+    GUIDELINE_ACKNOWLEDGED_FIELD_NUMBER: _builtins.int
     TASK_IMPORTED_FIELD_NUMBER: _builtins.int
     PRELABEL_INGESTED_FIELD_NUMBER: _builtins.int
     TASK_LEASED_FIELD_NUMBER: _builtins.int
@@ -95,6 +105,10 @@ class EventEnvelope(_message.Message):
     DISPUTE_RESOLVED_FIELD_NUMBER: _builtins.int
     GOLD_TASK_IMPORTED_FIELD_NUMBER: _builtins.int
     GOLD_SCORED_FIELD_NUMBER: _builtins.int
+    CONSENSUS_COMPUTED_FIELD_NUMBER: _builtins.int
+    TASK_ASSIGNED_FIELD_NUMBER: _builtins.int
+    TASK_UNASSIGNED_FIELD_NUMBER: _builtins.int
+    TASK_REPRIORITISED_FIELD_NUMBER: _builtins.int
     event_id: _builtins.str
     """UUIDv7"""
     stream_id: _builtins.str
@@ -134,6 +148,22 @@ class EventEnvelope(_message.Message):
     @_builtins.property
     def project_settings_changed(self) -> Global___ProjectSettingsChanged: ...
     @_builtins.property
+    def question_asked(self) -> _guidance_pb2.QuestionAsked:
+        """guidance.proto"""
+
+    @_builtins.property
+    def question_answered(self) -> _guidance_pb2.QuestionAnswered: ...
+    @_builtins.property
+    def answer_promoted(self) -> _guidance_pb2.AnswerPromoted: ...
+    @_builtins.property
+    def announcement_posted(self) -> _guidance_pb2.AnnouncementPosted: ...
+    @_builtins.property
+    def project_paused(self) -> _controls_pb2.ProjectPaused:
+        """controls.proto"""
+
+    @_builtins.property
+    def project_resumed(self) -> _controls_pb2.ProjectResumed: ...
+    @_builtins.property
     def person_registered(self) -> Global___PersonRegistered:
         """person stream"""
 
@@ -157,6 +187,10 @@ class EventEnvelope(_message.Message):
     def qualification_completed(self) -> Global___QualificationCompleted: ...
     @_builtins.property
     def skill_granted(self) -> Global___SkillGranted: ...
+    @_builtins.property
+    def guideline_acknowledged(self) -> _guidance_pb2.GuidelineAcknowledged:
+        """guidance.proto"""
+
     @_builtins.property
     def task_imported(self) -> Global___TaskImported:
         """task stream"""
@@ -193,6 +227,18 @@ class EventEnvelope(_message.Message):
     def gold_task_imported(self) -> Global___GoldTaskImported: ...
     @_builtins.property
     def gold_scored(self) -> Global___GoldScored: ...
+    @_builtins.property
+    def consensus_computed(self) -> _consensus_pb2.ConsensusComputed:
+        """consensus.proto"""
+
+    @_builtins.property
+    def task_assigned(self) -> _controls_pb2.TaskAssigned:
+        """controls.proto"""
+
+    @_builtins.property
+    def task_unassigned(self) -> _controls_pb2.TaskUnassigned: ...
+    @_builtins.property
+    def task_reprioritised(self) -> _controls_pb2.TaskReprioritised: ...
     def __init__(
         self,
         *,
@@ -213,6 +259,12 @@ class EventEnvelope(_message.Message):
         project_member_added: Global___ProjectMemberAdded | None = ...,
         project_member_removed: Global___ProjectMemberRemoved | None = ...,
         project_settings_changed: Global___ProjectSettingsChanged | None = ...,
+        question_asked: _guidance_pb2.QuestionAsked | None = ...,
+        question_answered: _guidance_pb2.QuestionAnswered | None = ...,
+        answer_promoted: _guidance_pb2.AnswerPromoted | None = ...,
+        announcement_posted: _guidance_pb2.AnnouncementPosted | None = ...,
+        project_paused: _controls_pb2.ProjectPaused | None = ...,
+        project_resumed: _controls_pb2.ProjectResumed | None = ...,
         person_registered: Global___PersonRegistered | None = ...,
         person_updated: Global___PersonUpdated | None = ...,
         token_issued: Global___TokenIssued | None = ...,
@@ -224,6 +276,7 @@ class EventEnvelope(_message.Message):
         qualification_started: Global___QualificationStarted | None = ...,
         qualification_completed: Global___QualificationCompleted | None = ...,
         skill_granted: Global___SkillGranted | None = ...,
+        guideline_acknowledged: _guidance_pb2.GuidelineAcknowledged | None = ...,
         task_imported: Global___TaskImported | None = ...,
         prelabel_ingested: Global___PrelabelIngested | None = ...,
         task_leased: Global___TaskLeased | None = ...,
@@ -241,12 +294,16 @@ class EventEnvelope(_message.Message):
         dispute_resolved: Global___DisputeResolved | None = ...,
         gold_task_imported: Global___GoldTaskImported | None = ...,
         gold_scored: Global___GoldScored | None = ...,
+        consensus_computed: _consensus_pb2.ConsensusComputed | None = ...,
+        task_assigned: _controls_pb2.TaskAssigned | None = ...,
+        task_unassigned: _controls_pb2.TaskUnassigned | None = ...,
+        task_reprioritised: _controls_pb2.TaskReprioritised | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["actor", b"actor", "annotation_abandoned", b"annotation_abandoned", "annotation_accepted", b"annotation_accepted", "annotation_edited", b"annotation_edited", "annotation_submitted", b"annotation_submitted", "dispute_opened", b"dispute_opened", "dispute_resolved", b"dispute_resolved", "gold_result_recorded", b"gold_result_recorded", "gold_scored", b"gold_scored", "gold_task_imported", b"gold_task_imported", "guideline_published", b"guideline_published", "label_schema_published", b"label_schema_published", "lease_expired", b"lease_expired", "lease_released", b"lease_released", "occurred_at", b"occurred_at", "payload", b"payload", "person_registered", b"person_registered", "person_reinstated", b"person_reinstated", "person_suspended", b"person_suspended", "person_updated", b"person_updated", "prelabel_ingested", b"prelabel_ingested", "project_created", b"project_created", "project_member_added", b"project_member_added", "project_member_removed", b"project_member_removed", "project_settings_changed", b"project_settings_changed", "qualification_completed", b"qualification_completed", "qualification_started", b"qualification_started", "recorded_at", b"recorded_at", "retraining_assigned", b"retraining_assigned", "review_recorded", b"review_recorded", "review_routed", b"review_routed", "skill_granted", b"skill_granted", "task_completed", b"task_completed", "task_imported", b"task_imported", "task_leased", b"task_leased", "task_reopened", b"task_reopened", "token_issued", b"token_issued", "token_revoked", b"token_revoked"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["actor", b"actor", "annotation_abandoned", b"annotation_abandoned", "annotation_accepted", b"annotation_accepted", "annotation_edited", b"annotation_edited", "annotation_submitted", b"annotation_submitted", "announcement_posted", b"announcement_posted", "answer_promoted", b"answer_promoted", "consensus_computed", b"consensus_computed", "dispute_opened", b"dispute_opened", "dispute_resolved", b"dispute_resolved", "gold_result_recorded", b"gold_result_recorded", "gold_scored", b"gold_scored", "gold_task_imported", b"gold_task_imported", "guideline_acknowledged", b"guideline_acknowledged", "guideline_published", b"guideline_published", "label_schema_published", b"label_schema_published", "lease_expired", b"lease_expired", "lease_released", b"lease_released", "occurred_at", b"occurred_at", "payload", b"payload", "person_registered", b"person_registered", "person_reinstated", b"person_reinstated", "person_suspended", b"person_suspended", "person_updated", b"person_updated", "prelabel_ingested", b"prelabel_ingested", "project_created", b"project_created", "project_member_added", b"project_member_added", "project_member_removed", b"project_member_removed", "project_paused", b"project_paused", "project_resumed", b"project_resumed", "project_settings_changed", b"project_settings_changed", "qualification_completed", b"qualification_completed", "qualification_started", b"qualification_started", "question_answered", b"question_answered", "question_asked", b"question_asked", "recorded_at", b"recorded_at", "retraining_assigned", b"retraining_assigned", "review_recorded", b"review_recorded", "review_routed", b"review_routed", "skill_granted", b"skill_granted", "task_assigned", b"task_assigned", "task_completed", b"task_completed", "task_imported", b"task_imported", "task_leased", b"task_leased", "task_reopened", b"task_reopened", "task_reprioritised", b"task_reprioritised", "task_unassigned", b"task_unassigned", "token_issued", b"token_issued", "token_revoked", b"token_revoked"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["actor", b"actor", "annotation_abandoned", b"annotation_abandoned", "annotation_accepted", b"annotation_accepted", "annotation_edited", b"annotation_edited", "annotation_submitted", b"annotation_submitted", "causation_id", b"causation_id", "command_id", b"command_id", "correlation_id", b"correlation_id", "dispute_opened", b"dispute_opened", "dispute_resolved", b"dispute_resolved", "event_id", b"event_id", "gold_result_recorded", b"gold_result_recorded", "gold_scored", b"gold_scored", "gold_task_imported", b"gold_task_imported", "guideline_published", b"guideline_published", "label_schema_published", b"label_schema_published", "lease_expired", b"lease_expired", "lease_released", b"lease_released", "occurred_at", b"occurred_at", "payload", b"payload", "person_registered", b"person_registered", "person_reinstated", b"person_reinstated", "person_suspended", b"person_suspended", "person_updated", b"person_updated", "prelabel_ingested", b"prelabel_ingested", "project_created", b"project_created", "project_member_added", b"project_member_added", "project_member_removed", b"project_member_removed", "project_settings_changed", b"project_settings_changed", "qualification_completed", b"qualification_completed", "qualification_started", b"qualification_started", "recorded_at", b"recorded_at", "retraining_assigned", b"retraining_assigned", "review_recorded", b"review_recorded", "review_routed", b"review_routed", "schema_version", b"schema_version", "skill_granted", b"skill_granted", "stream_id", b"stream_id", "stream_version", b"stream_version", "task_completed", b"task_completed", "task_imported", b"task_imported", "task_leased", b"task_leased", "task_reopened", b"task_reopened", "token_issued", b"token_issued", "token_revoked", b"token_revoked", "type", b"type"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["actor", b"actor", "annotation_abandoned", b"annotation_abandoned", "annotation_accepted", b"annotation_accepted", "annotation_edited", b"annotation_edited", "annotation_submitted", b"annotation_submitted", "announcement_posted", b"announcement_posted", "answer_promoted", b"answer_promoted", "causation_id", b"causation_id", "command_id", b"command_id", "consensus_computed", b"consensus_computed", "correlation_id", b"correlation_id", "dispute_opened", b"dispute_opened", "dispute_resolved", b"dispute_resolved", "event_id", b"event_id", "gold_result_recorded", b"gold_result_recorded", "gold_scored", b"gold_scored", "gold_task_imported", b"gold_task_imported", "guideline_acknowledged", b"guideline_acknowledged", "guideline_published", b"guideline_published", "label_schema_published", b"label_schema_published", "lease_expired", b"lease_expired", "lease_released", b"lease_released", "occurred_at", b"occurred_at", "payload", b"payload", "person_registered", b"person_registered", "person_reinstated", b"person_reinstated", "person_suspended", b"person_suspended", "person_updated", b"person_updated", "prelabel_ingested", b"prelabel_ingested", "project_created", b"project_created", "project_member_added", b"project_member_added", "project_member_removed", b"project_member_removed", "project_paused", b"project_paused", "project_resumed", b"project_resumed", "project_settings_changed", b"project_settings_changed", "qualification_completed", b"qualification_completed", "qualification_started", b"qualification_started", "question_answered", b"question_answered", "question_asked", b"question_asked", "recorded_at", b"recorded_at", "retraining_assigned", b"retraining_assigned", "review_recorded", b"review_recorded", "review_routed", b"review_routed", "schema_version", b"schema_version", "skill_granted", b"skill_granted", "stream_id", b"stream_id", "stream_version", b"stream_version", "task_assigned", b"task_assigned", "task_completed", b"task_completed", "task_imported", b"task_imported", "task_leased", b"task_leased", "task_reopened", b"task_reopened", "task_reprioritised", b"task_reprioritised", "task_unassigned", b"task_unassigned", "token_issued", b"token_issued", "token_revoked", b"token_revoked", "type", b"type"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    _WhichOneofReturnType_payload: _TypeAlias = _typing.Literal["project_created", "label_schema_published", "guideline_published", "project_member_added", "project_member_removed", "project_settings_changed", "person_registered", "person_updated", "token_issued", "token_revoked", "gold_result_recorded", "person_suspended", "retraining_assigned", "person_reinstated", "qualification_started", "qualification_completed", "skill_granted", "task_imported", "prelabel_ingested", "task_leased", "lease_released", "lease_expired", "annotation_submitted", "annotation_edited", "review_recorded", "annotation_accepted", "task_completed", "task_reopened", "annotation_abandoned", "review_routed", "dispute_opened", "dispute_resolved", "gold_task_imported", "gold_scored"]  # noqa: Y015
+    _WhichOneofReturnType_payload: _TypeAlias = _typing.Literal["project_created", "label_schema_published", "guideline_published", "project_member_added", "project_member_removed", "project_settings_changed", "question_asked", "question_answered", "answer_promoted", "announcement_posted", "project_paused", "project_resumed", "person_registered", "person_updated", "token_issued", "token_revoked", "gold_result_recorded", "person_suspended", "retraining_assigned", "person_reinstated", "qualification_started", "qualification_completed", "skill_granted", "guideline_acknowledged", "task_imported", "prelabel_ingested", "task_leased", "lease_released", "lease_expired", "annotation_submitted", "annotation_edited", "review_recorded", "annotation_accepted", "task_completed", "task_reopened", "annotation_abandoned", "review_routed", "dispute_opened", "dispute_resolved", "gold_task_imported", "gold_scored", "consensus_computed", "task_assigned", "task_unassigned", "task_reprioritised"]  # noqa: Y015
     _WhichOneofArgType_payload: _TypeAlias = _typing.Literal["payload", b"payload"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType_payload) -> _WhichOneofReturnType_payload | None: ...
 
@@ -312,18 +369,24 @@ class GuidelinePublished(_message.Message):
 
     PROJECT_ID_FIELD_NUMBER: _builtins.int
     GUIDELINE_FIELD_NUMBER: _builtins.int
+    INCLUDED_ANSWER_IDS_FIELD_NUMBER: _builtins.int
     project_id: _builtins.str
     @_builtins.property
     def guideline(self) -> _model_pb2.Guideline: ...
+    @_builtins.property
+    def included_answer_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """promoted answers this version folds in (AnswerPromoted)"""
+
     def __init__(
         self,
         *,
         project_id: _builtins.str = ...,
         guideline: _model_pb2.Guideline | None = ...,
+        included_answer_ids: _abc.Iterable[_builtins.str] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["guideline", b"guideline"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["guideline", b"guideline", "project_id", b"project_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["guideline", b"guideline", "included_answer_ids", b"included_answer_ids", "project_id", b"project_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -955,6 +1018,7 @@ class ReviewRouted(_message.Message):
     SAMPLE_POINT_FIELD_NUMBER: _builtins.int
     AUTHOR_ACCEPTANCE_FIELD_NUMBER: _builtins.int
     AUTHOR_VERDICTS_FIELD_NUMBER: _builtins.int
+    ESCALATED_FIELD_NUMBER: _builtins.int
     task_id: _builtins.str
     annotation_id: _builtins.str
     version: _builtins.int
@@ -972,6 +1036,8 @@ class ReviewRouted(_message.Message):
     """the author's recent acceptance rate used for stratification"""
     author_verdicts: _builtins.int
     """verdicts behind it (0: no history, base rate used)"""
+    escalated: _builtins.bool
+    """sent to review by low consensus (ConsensusComputed), whatever"""
     def __init__(
         self,
         *,
@@ -988,10 +1054,11 @@ class ReviewRouted(_message.Message):
         sample_point: _builtins.float = ...,
         author_acceptance: _builtins.float = ...,
         author_verdicts: _builtins.int = ...,
+        escalated: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["annotation_id", b"annotation_id", "author_acceptance", b"author_acceptance", "author_id", b"author_id", "author_verdicts", b"author_verdicts", "kind", b"kind", "project_id", b"project_id", "rate", b"rate", "sample_point", b"sample_point", "sampled", b"sampled", "stage", b"stage", "stage_index", b"stage_index", "task_id", b"task_id", "version", b"version"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["annotation_id", b"annotation_id", "author_acceptance", b"author_acceptance", "author_id", b"author_id", "author_verdicts", b"author_verdicts", "escalated", b"escalated", "kind", b"kind", "project_id", b"project_id", "rate", b"rate", "sample_point", b"sample_point", "sampled", b"sampled", "stage", b"stage", "stage_index", b"stage_index", "task_id", b"task_id", "version", b"version"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

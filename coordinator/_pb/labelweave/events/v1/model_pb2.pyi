@@ -11,6 +11,8 @@ from google.protobuf import timestamp_pb2 as _timestamp_pb2
 from google.protobuf.internal import containers as _containers
 from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
 from coordinator._pb.labelweave.events.v1 import annotation_pb2 as _annotation_pb2
+from coordinator._pb.labelweave.events.v1 import consensus_pb2 as _consensus_pb2
+from coordinator._pb.labelweave.events.v1 import guidance_pb2 as _guidance_pb2
 import builtins as _builtins
 import sys
 import typing as _typing
@@ -417,6 +419,7 @@ class Guideline(_message.Message):
     TITLE_FIELD_NUMBER: _builtins.int
     BODY_FIELD_NUMBER: _builtins.int
     URI_FIELD_NUMBER: _builtins.int
+    SECTIONS_FIELD_NUMBER: _builtins.int
     version: _builtins.int
     """assigned on publish"""
     title: _builtins.str
@@ -424,6 +427,10 @@ class Guideline(_message.Message):
     """markdown"""
     uri: _builtins.str
     """optional external document"""
+    @_builtins.property
+    def sections(self) -> _containers.RepeatedCompositeFieldContainer[_guidance_pb2.GuidelineSection]:
+        """structured rules; section ids unique (guidance.proto)"""
+
     def __init__(
         self,
         *,
@@ -431,10 +438,11 @@ class Guideline(_message.Message):
         title: _builtins.str = ...,
         body: _builtins.str = ...,
         uri: _builtins.str = ...,
+        sections: _abc.Iterable[_guidance_pb2.GuidelineSection] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["body", b"body", "title", b"title", "uri", b"uri", "version", b"version"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["body", b"body", "sections", b"sections", "title", b"title", "uri", b"uri", "version", b"version"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -450,6 +458,7 @@ class ProjectSettings(_message.Message):
     PIPELINE_FIELD_NUMBER: _builtins.int
     REASON_CODES_FIELD_NUMBER: _builtins.int
     QUALITY_FIELD_NUMBER: _builtins.int
+    CONSENSUS_FIELD_NUMBER: _builtins.int
     default_overlap: _builtins.int
     """0 → 1"""
     lease_seconds: _builtins.int
@@ -472,6 +481,12 @@ class ProjectSettings(_message.Message):
         gold mix, scoring, suspension, qualifications
         """
 
+    @_builtins.property
+    def consensus(self) -> _consensus_pb2.ConsensusPolicy:
+        """(docs/quality.md); unset: no gold, no suspension
+        consensus of overlapping annotations
+        """
+
     def __init__(
         self,
         *,
@@ -481,10 +496,11 @@ class ProjectSettings(_message.Message):
         pipeline: Global___ReviewPipeline | None = ...,
         reason_codes: _abc.Iterable[Global___ReasonCode] | None = ...,
         quality: Global___QualityPolicy | None = ...,
+        consensus: _consensus_pb2.ConsensusPolicy | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["pipeline", b"pipeline", "quality", b"quality"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["consensus", b"consensus", "pipeline", b"pipeline", "quality", b"quality"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["default_overlap", b"default_overlap", "lease_seconds", b"lease_seconds", "pipeline", b"pipeline", "quality", b"quality", "reason_codes", b"reason_codes", "review_policy", b"review_policy"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["consensus", b"consensus", "default_overlap", b"default_overlap", "lease_seconds", b"lease_seconds", "pipeline", b"pipeline", "quality", b"quality", "reason_codes", b"reason_codes", "review_policy", b"review_policy"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -1005,6 +1021,7 @@ class PersonSpec(_message.Message):
     SKILLS_FIELD_NUMBER: _builtins.int
     TIME_ZONE_FIELD_NUMBER: _builtins.int
     SCHEDULE_FIELD_NUMBER: _builtins.int
+    TEAMS_FIELD_NUMBER: _builtins.int
     person_id: _builtins.str
     display_name: _builtins.str
     time_zone: _builtins.str
@@ -1015,6 +1032,10 @@ class PersonSpec(_message.Message):
     def skills(self) -> _containers.RepeatedCompositeFieldContainer[Global___Skill]: ...
     @_builtins.property
     def schedule(self) -> Global___WorkScheduleSpec: ...
+    @_builtins.property
+    def teams(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """team ids (A-Z a-z 0-9 . _ -); a task may be assigned to a team"""
+
     def __init__(
         self,
         *,
@@ -1024,10 +1045,11 @@ class PersonSpec(_message.Message):
         skills: _abc.Iterable[Global___Skill] | None = ...,
         time_zone: _builtins.str = ...,
         schedule: Global___WorkScheduleSpec | None = ...,
+        teams: _abc.Iterable[_builtins.str] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["schedule", b"schedule"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["display_name", b"display_name", "person_id", b"person_id", "roles", b"roles", "schedule", b"schedule", "skills", b"skills", "time_zone", b"time_zone"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["display_name", b"display_name", "person_id", b"person_id", "roles", b"roles", "schedule", b"schedule", "skills", b"skills", "teams", b"teams", "time_zone", b"time_zone"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -1,0 +1,51 @@
+"""Manager controls view: teams and import batches (docs/manager-controls.md).
+
+Collections
+- "team_members" pk=team, sk=person_id → {}            (PersonSpec.teams, as of the person's
+                 latest PersonRegistered / PersonUpdated)
+- "person_teams" pk=person_id, sk="" → {teams: [...]}  (the view's own memory of a person's teams,
+                 so an update can delete the rows of the teams they left)
+- "batch_tasks"  pk=f"{project_id}|{batch_id}", sk=task_id → {}
+                 (every task an ImportTasks batch brought, by task id: the selector of
+                 ReprioritiseTasks; a replayed import writes the same row)
+
+The queued tasks assigned to a person or a team are in the queue view ("assigned_queue"), which
+already knows which tasks are queued.
+
+Single-writer rule (docs/architecture.md): a team_members row is written only by the events of
+its person's stream, a batch_tasks row only by its task's import, so every row has one writer.
+"""
+
+from __future__ import annotations
+
+from coordinator.eventlog.base import RecordedEvent
+from projections.base import ViewTx
+
+
+def batch_pk(project_id: str, batch_id: str) -> str:
+    return f"{project_id}|{batch_id}"
+
+
+class ManagerView:
+    name: str = "manager"
+    collections: tuple[str, ...] = ("team_members", "person_teams", "batch_tasks")
+
+    def apply(self, event: RecordedEvent, tx: ViewTx) -> None:
+        env = event.envelope
+        kind = env.WhichOneof("payload")
+        if kind == "task_imported":
+            p = env.task_imported
+            tx.put("batch_tasks", batch_pk(p.project_id, p.batch_id), p.task.task_id, {})
+        elif kind in ("person_registered", "person_updated"):
+            spec = getattr(env, kind).person
+            known = tx.get("person_teams", spec.person_id)
+            before = set(known["teams"]) if known else set()
+            after = set(spec.teams)
+            for team in sorted(before - after):
+                tx.delete("team_members", team, spec.person_id)
+            for team in sorted(after - before):
+                tx.put("team_members", team, spec.person_id, {})
+            if after and after != before:
+                tx.put("person_teams", spec.person_id, "", {"teams": sorted(after)})
+            elif known is not None and not after:
+                tx.delete("person_teams", spec.person_id, "")
