@@ -44,6 +44,7 @@ from coordinator._pb.labelweave.events.v1 import annotation_pb2, model_pb2
 from coordinator.client import LabelweaveClient, error_code
 from coordinator.domain.ids import check_id
 from coordinator.errors import AlreadyExists, FailedPrecondition, InvalidArgument, LabelweaveError, NotFound
+from coordinator.simulate_quality import QUALITY_TOLERATED, Quality
 
 if TYPE_CHECKING:
     from rich.console import Console
@@ -104,6 +105,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     g.add_argument(
         "--create", action="store_true", help="create the project (the default when it is missing)"
     )
+    from coordinator import simulate_quality
+
+    simulate_quality.add_arguments(g)
 
 
 # ---------------------------------------------------------------------- schema and content
@@ -237,7 +241,7 @@ class PersonStats:
 @dataclass
 class Worker:
     person_id: str
-    role: str  # "annotator" | "reviewer"
+    role: str  # "annotator" | "reviewer" | "qa" | "expert" (the last two with --quality)
     time_zone: str
     skills: tuple[str, ...] = ()
     token: str = ""
@@ -259,6 +263,8 @@ class Run:
         self.done_ids: set[str] = set()
         self.workers: dict[str, Worker] = {}
         self.schema = model_pb2.LabelSchema()
+        self.quality = Quality()  # --quality: simulated skills and dispute bookkeeping
+        self.tolerated = TOLERATED | (QUALITY_TOLERATED if getattr(args, "quality", False) else frozenset())
 
     def bump(self, person_id: str, **deltas: int) -> None:
         with self.lock:
@@ -281,7 +287,7 @@ class Run:
     def record(self, who: str, op: str, code: str, message: str) -> None:
         with self.lock:
             self.errors[(op, code)] += 1
-            if (op, code) in TOLERATED:
+            if (op, code) in self.tolerated:
                 return
             self.unexpected[code] += 1
             if len(self.samples) < 10:
@@ -294,11 +300,12 @@ class Run:
 
 
 def _person_spec(worker: Worker) -> model_pb2.PersonSpec:
-    role = M.ROLE_ANNOTATOR if worker.role == "annotator" else M.ROLE_REVIEWER
+    from coordinator.simulate_quality import ROLE_OF
+
     return M.PersonSpec(
         person_id=worker.person_id,
         display_name=worker.person_id.replace("-", " ").title(),
-        roles=[role],
+        roles=[ROLE_OF[worker.role]],
         skills=[M.Skill(name=s, level=3) for s in worker.skills],
         time_zone=worker.time_zone,
     )
@@ -328,6 +335,10 @@ def set_up(admin: LabelweaveClient, run: Run, console: Console) -> tuple[api_pb2
         settings = M.ProjectSettings(
             default_overlap=args.overlap, lease_seconds=args.lease_seconds, review_policy=M.REVIEW_POLICY_FULL
         )
+        if args.quality:
+            from coordinator.simulate_quality import project_settings
+
+            settings = project_settings(args, pid)
         project = admin.create_project(
             pid, f"Simulated driving scenes ({pid})", "labelweave simulate", settings
         )
@@ -355,7 +366,14 @@ def set_up(admin: LabelweaveClient, run: Run, console: Console) -> tuple[api_pb2
     members = set(project.members)
     prefix = getattr(args, "people_prefix", None) or pid
     check_id(prefix, "--people-prefix")
-    for worker in _plan_workers(prefix, args.annotators, args.reviewers):
+    planned = _plan_workers(prefix, args.annotators, args.reviewers)
+    if args.quality:
+        from coordinator.simulate_quality import extra_workers, skill_of
+
+        planned += extra_workers(prefix, args, TIME_ZONES)
+        for i, worker in enumerate(w for w in planned if w.role == "annotator"):
+            run.quality.skill[worker.person_id] = skill_of(i, args.annotators)
+    for worker in planned:
         with contextlib.suppress(AlreadyExists):
             admin.register_person(_person_spec(worker))
         if worker.person_id not in members:
@@ -368,8 +386,9 @@ def set_up(admin: LabelweaveClient, run: Run, console: Console) -> tuple[api_pb2
         ttl = int(args.duration_limit) + 3600
         worker.token = admin.create_token(worker.person_id, "labelweave simulate", ttl).token
         run.workers[worker.person_id] = worker
+    extra = f", {args.qa} QA and {args.experts} experts" if args.quality else ""
     console.print(
-        f"{args.annotators} annotators and {args.reviewers} reviewers in "
+        f"{args.annotators} annotators and {args.reviewers} reviewers{extra} in "
         f"{len({w.time_zone for w in run.workers.values()})} time zones"
     )
 
@@ -384,6 +403,12 @@ def set_up(admin: LabelweaveClient, run: Run, console: Console) -> tuple[api_pb2
             admin.import_tasks(pid, specs[start : start + 500], batch_id=f"sim-{run_tag}")
         imported = len(specs)
         console.print(f"imported {imported} tasks (batch sim-{run_tag}, overlap {args.overlap})")
+        if args.quality and args.gold:
+            from coordinator.simulate_quality import gold_specs
+
+            run.schema = project.label_schema  # the known answers are drawn against it
+            admin.import_tasks(pid, gold_specs(run, pid, run_tag, args.gold), batch_id=f"sim-{run_tag}-gold")
+            console.print(f"imported {args.gold} gold tasks (known answers, mixed into 10% of leases)")
     # the list projection may lag the import by a moment: never count fewer than were imported
     open_tasks = sum(1 for status in OPEN_STATUSES for _ in admin.iter_tasks(pid, status))
     return project, max(open_tasks, imported)
@@ -428,7 +453,12 @@ def annotator_loop(run: Run, worker: Worker, client: LabelweaveClient) -> None:
                 run.bump(me, released=1)
             continue
         content = random.Random(f"{args.seed}:{task.task_id}:{me}:{task.round}")
-        ann = build_annotation(leased.label_schema, task.spec.media, content)
+        if args.quality:
+            from coordinator.simulate_quality import annotate
+
+            ann = annotate(run, worker, task, 0)
+        else:
+            ann = build_annotation(leased.label_schema, task.spec.media, content)
         spent_ms = int(content.uniform(15_000, 45_000) * max(1, len(ann.shapes)))
         if args.think_ms > 0:
             run.stop.wait(rng.uniform(0, args.think_ms) / 1000)
@@ -460,7 +490,15 @@ def _rework(
             continue  # settled: the reviewer side counted the verdict
         if summary.status == api_pb2.ANNOTATION_STATUS_REJECTED:
             content = random.Random(f"{run.args.seed}:{task.task_id}:{me}:{summary.version}:rework")
-            ann = build_annotation(run.schema, task.spec.media, content)
+            if run.args.quality:
+                from coordinator.simulate_quality import annotate, on_rejected
+
+                if on_rejected(run, worker, client, task, summary):  # disputed: wait for the expert
+                    pending[annotation_id] = Pending(task.task_id, summary.version)
+                    continue
+                ann = annotate(run, worker, task, summary.version)
+            else:
+                ann = build_annotation(run.schema, task.spec.media, content)
             spent_ms = int(content.uniform(5_000, 20_000) * max(1, len(ann.shapes)))
             edit = partial(client.edit_annotation, task.task_id, annotation_id, summary.version, ann)
             edited = run.call(me, "edit", edit)
@@ -663,7 +701,7 @@ def report(run: Run, console: Console, elapsed: float, done: int, total: int, ou
         for name in ("operation", "status", "count", "expected"):
             errors.add_column(name, justify="right" if name == "count" else "left")
         for (op, code), count in sorted(run.errors.items()):
-            errors.add_row(op, code, str(count), "yes" if (op, code) in TOLERATED else "[red]no[/]")
+            errors.add_row(op, code, str(count), "yes" if (op, code) in run.tolerated else "[red]no[/]")
         console.print(errors)
         for sample in run.samples:
             console.print(f"  [red]{sample}[/]", highlight=False)
@@ -694,11 +732,22 @@ def run(args: argparse.Namespace, make_client: Callable[[str], LabelweaveClient]
                 thread = threading.Thread(
                     target=annotator_loop, args=(state, worker, client), name=worker.person_id
                 )
+            elif args.quality:
+                from coordinator.simulate_quality import thread_target
+
+                target = thread_target(state, worker, client)
+                assert target is not None
+                thread = threading.Thread(target=target, name=worker.person_id)
             else:
                 loop_args = (state, worker, client, reviewers.index(worker), len(reviewers))
                 thread = threading.Thread(target=reviewer_loop, args=loop_args, name=worker.person_id)
             thread.daemon = True
             threads.append(thread)
+        if args.quality:
+            from coordinator.simulate_quality import manager_loop
+
+            manager = threading.Thread(target=manager_loop, args=(state, admin), name="manager", daemon=True)
+            threads.append(manager)
         started = time.monotonic()
         outcome = "time limit"
         done = 0
@@ -722,6 +771,11 @@ def run(args: argparse.Namespace, make_client: Callable[[str], LabelweaveClient]
     stdout = Console()
     out = stdout if stdout.is_terminal else Console(width=160)
     report(state, out, elapsed, done, total, outcome)
+    if args.quality:
+        from coordinator import simulate_quality
+
+        with make_client(admin_token) as admin:
+            simulate_quality.report(state, admin, out)
     if outcome == "interrupted":
         return 130
     if state.unexpected:
@@ -730,6 +784,9 @@ def run(args: argparse.Namespace, make_client: Callable[[str], LabelweaveClient]
 
 
 def _check_arguments(args: argparse.Namespace) -> None:
+    from coordinator.simulate_quality import check_arguments
+
+    check_arguments(args)
     for name in ("annotators", "overlap"):
         if getattr(args, name) < 1:
             raise InvalidArgument("must be at least 1", field=f"--{name}")

@@ -262,6 +262,37 @@ def test_simulate_finishes_every_task_and_prints_summary_on_stdout(
     assert "imported 60 tasks" in simulated.stderr  # progress and set-up notes stay on stderr
 
 
+def test_simulate_quality_runs_the_layered_pipeline_and_reports_accuracy_and_agreement(
+    shared: Server,
+) -> None:
+    """--quality: peer review, QA spot checks, disputes to an expert, gold with suspension and
+    reinstatement, overlap 2 with consensus; the summary compares simulated skill with what the
+    service measured."""
+    run = shared.cli(
+        "simulate", "--project", "qsim", "--quality", "--tasks", "120", "--annotators", "6",
+        "--reviewers", "2", "--overlap", "2", "--gold", "12", "--seed", "3",
+    )  # fmt: skip
+    ok(run)
+    out = run.stdout
+    assert "tasks done 120/120" in out, describe(run)
+    assert "Quality per annotator" in out and "Quality summary" in out, describe(run)
+    for person in ("qsim-ann-00", "qsim-ann-05", "qsim-qa-00", "qsim-exp-00"):
+        assert person in out
+    assert "gold: rank correlation of skill and measured score" in out
+    assert "agreement: items rated by 2+ annotators" in out
+    assert "agreement: car box: mean iou of matched" in out
+    # every stage did work: QA reviewed, and the expert resolved disputes (reviewers err 5% of the time)
+    project = json.loads(ok(shared.cli("project", "get", "qsim")).stdout)
+    stages = [s.get("kind") for s in project["settings"]["pipeline"]["stages"]]
+    assert stages == [
+        "REVIEW_STAGE_KIND_PEER_REVIEW",
+        "REVIEW_STAGE_KIND_QA_SPOT_CHECK",
+        "REVIEW_STAGE_KIND_EXPERT_RESOLUTION",
+    ]
+    resolved = ok(shared.cli("dispute", "list", "qsim", "--resolved")).stdout
+    assert "qsim-ann-" in resolved, describe(run)
+
+
 def test_export_writes_one_jsonl_line_per_accepted_label_with_provenance(
     shared: Server, exported: list[dict[str, Any]]
 ) -> None:
