@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import grpc
 import pytest
@@ -163,3 +164,37 @@ def both_env(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Env]:
 
     with distributed_settings(request, tmp_path) as settings:
         yield from _serve(settings)
+
+
+def _env_of(where: object) -> Env:
+    env = where if isinstance(where, Env) else getattr(where, "env", None)
+    assert isinstance(env, Env), f"not an Env and has no .env: {where!r}"
+    return env
+
+
+def refused(
+    where: object, call: Callable[[], Any], code: grpc.StatusCode, field: str = "", words: str = ""
+) -> str:
+    """The call fails with `code`, naming `field` in the trailing metadata and saying `words`, and
+    the log is exactly as before. `where`: an Env, or a test's crew with an `.env`."""
+    app = _env_of(where).server.app
+    head = dict(app.log.head())
+    with pytest.raises(grpc.RpcError) as err:
+        call()
+    assert err.value.code() == code, err.value.details()
+    trailers = dict(err.value.trailing_metadata() or ())
+    assert trailers.get("labelweave-field", "") == field, err.value.details()
+    details = err.value.details() or ""
+    assert words in details, details
+    assert dict(app.log.head()) == head, "a refused command appended something"
+    return details
+
+
+def assert_rebuild_matches(where: object, timeout: float = 30.0) -> None:
+    """Projections caught up with the log equal a rebuild of the log from position 0."""
+    from consumers.rebuild import rebuild
+    from projections.memory import MemoryStore
+
+    app = _env_of(where).server.app
+    assert app.runner.wait_for(app.log.head(), timeout=timeout), "projections did not catch up"
+    assert rebuild(app.log, MemoryStore()).checksum == app.store.checksum()

@@ -6,8 +6,6 @@ field named and nothing appended, and the CLI."""
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
-from typing import Any
 
 import grpc
 import pytest
@@ -18,7 +16,7 @@ from coordinator._pb.labelweave.events.v1 import annotation_pb2 as A
 from coordinator._pb.labelweave.events.v1 import consensus_pb2 as CP
 from coordinator._pb.labelweave.events.v1 import model_pb2 as M
 
-from .conftest import Env, Stubs, image_task
+from .conftest import Env, Stubs, image_task, refused
 
 
 @pytest.fixture
@@ -53,15 +51,6 @@ def content(x: float) -> A.Annotation:
             A.Shape(label="scene", classification=A.Classification()),
         ]
     )
-
-
-def refused(env: Env, call: Callable[[], Any], code: grpc.StatusCode, field: str = "") -> None:
-    head = env.server.app.log.head()
-    with pytest.raises(grpc.RpcError) as err:
-        call()
-    assert err.value.code() == code, err.value.details()
-    assert dict(err.value.trailing_metadata() or ()).get("labelweave-field", "") == field
-    assert env.server.app.log.head() == head, "a refused call appended something"
 
 
 def test_consensus_escalation_queries_roles_and_cli(env: Env, capsys: pytest.CaptureFixture[str]) -> None:

@@ -6,7 +6,6 @@ name the field and append nothing."""
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -14,16 +13,14 @@ from typing import Any
 import grpc
 import pytest
 
-from consumers.rebuild import rebuild
 from coordinator import cli
 from coordinator._pb.labelweave.api.v1 import api_pb2, guidance_pb2_grpc
 from coordinator._pb.labelweave.api.v1 import guidance_pb2 as G
 from coordinator._pb.labelweave.events.v1 import annotation_pb2 as A
 from coordinator._pb.labelweave.events.v1 import guidance_pb2 as GE
 from coordinator._pb.labelweave.events.v1 import model_pb2 as M
-from projections.memory import MemoryStore
 
-from .conftest import Env, Stubs, image_task
+from .conftest import Env, Stubs, assert_rebuild_matches, image_task, refused
 
 
 @pytest.fixture
@@ -145,29 +142,6 @@ def crew(env: Env) -> Crew:
     env.project("p1", members=("ann", "bob", "rev", "exp", "mgr"))
     env.settle()
     return Crew(env, ann, bob, rev, exp, mgr, out)
-
-
-def refused(
-    crew: Crew, call: Callable[[], Any], code: grpc.StatusCode, field: str = "", words: str = ""
-) -> str:
-    """The call fails with `code` (naming `field`), and the log is exactly as before."""
-    head = crew.head()
-    with pytest.raises(grpc.RpcError) as err:
-        call()
-    assert err.value.code() == code, err.value.details()
-    trailers = dict(err.value.trailing_metadata() or ())
-    assert trailers.get("labelweave-field", "") == field, err.value.details()
-    details = err.value.details() or ""
-    assert words in details, details
-    assert crew.head() == head, "a refused command appended something"
-    return details
-
-
-def assert_rebuild_matches(env: Env) -> None:
-    app = env.server.app
-    assert app.runner.wait_for(app.log.head(), timeout=30)
-    result = rebuild(app.log, MemoryStore())
-    assert result.checksum == app.store.checksum()
 
 
 # ---------------------------------------------------------------------- guidelines and gating

@@ -13,17 +13,15 @@ from typing import Any
 import grpc
 import pytest
 
-from consumers.rebuild import rebuild
 from coordinator import cli
 from coordinator._pb.labelweave.api.v1 import api_pb2
 from coordinator._pb.labelweave.events.v1 import annotation_pb2 as A
 from coordinator._pb.labelweave.events.v1 import events_pb2
 from coordinator._pb.labelweave.events.v1 import model_pb2 as M
 from coordinator.domain.review import sample_point
-from projections.memory import MemoryStore
 from projections.review_queries import stage_depths
 
-from .conftest import Env, Stubs, image_task
+from .conftest import Env, Stubs, assert_rebuild_matches, image_task, refused
 
 
 @pytest.fixture
@@ -157,29 +155,6 @@ def crew(env: Env) -> Crew:
     c = Crew(env, **people)
     c.settings(pipeline_settings(qa_stage(0.0, ((1.0, 1.0),), min_verdicts=1)))
     return c
-
-
-def refused(
-    crew: Crew, call: Callable[[], Any], code: grpc.StatusCode, field: str = "", words: str = ""
-) -> str:
-    """The call fails with `code` (naming `field`), and the log is exactly as before."""
-    head = crew.head()
-    with pytest.raises(grpc.RpcError) as err:
-        call()
-    assert err.value.code() == code, err.value.details()
-    trailers = dict(err.value.trailing_metadata() or ())
-    assert trailers.get("labelweave-field", "") == field
-    details = err.value.details() or ""
-    assert words in details, details
-    assert crew.head() == head, "a refused command appended something"
-    return details
-
-
-def assert_rebuild_matches(env: Env) -> None:
-    app = env.server.app
-    assert app.runner.wait_for(app.log.head(), timeout=10)
-    result = rebuild(app.log, MemoryStore())
-    assert result.checksum == app.store.checksum()
 
 
 # ------------------------------------------------------------------ the three layers
