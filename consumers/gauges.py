@@ -1,10 +1,11 @@
-"""Queue and review-stage gauges refreshed from the projections (embedded runner or follower).
+"""Queue and stage gauges refreshed from the projections (embedded runner or follower).
 
 Label sets are bounded: project ids and the stage names of their pipelines. A series whose
 project or stage disappeared is set to 0 rather than left at its last value.
 
-Planning gauges (docs/planning-and-dashboards.md): depth and oldest age of every stage ("annotate"
-and each review stage, the expert stage counting open disputes) and the SLA-at-risk task count per
+Stage gauges (docs/planning-and-dashboards.md): depth and oldest age of every stage ("annotate"
+and each review stage, the expert stage counting open disputes; one family for the whole pipeline,
+so a bottleneck panel compares like with like) and the SLA-at-risk task count per
 project. SLA risk is recomputed at most every `sla_interval` seconds (it plans every open task
 with a deadline against the coming shifts).
 """
@@ -22,7 +23,6 @@ class ProjectionGauges:
     def __init__(self, metrics: Metrics) -> None:
         self.metrics = metrics
         self._projects: set[str] = set()
-        self._stages: set[tuple[str, str]] = set()
         self._plan_stages: set[tuple[str, str]] = set()
         self._sla_projects: set[str] = set()
         self._sla_at = -math.inf
@@ -30,7 +30,7 @@ class ProjectionGauges:
 
     def refresh(self, store: ProjectionStore, now: float | None = None) -> None:
         from projections.queries import queue_depths
-        from projections.review_queries import all_stage_depths, stage_backlog
+        from projections.review_queries import all_stage_depths
 
         m = self.metrics
         depths = queue_depths(store)
@@ -42,23 +42,9 @@ class ProjectionGauges:
 
         now_ms = int((time.time() if now is None else now) * 1000)
         stages = all_stage_depths(store)
-        for key in self._stages - stages.keys():
-            m.review_stage_depth.labels(*key).set(0)
-            m.review_stage_oldest_seconds.labels(*key).set(0)
-        for key, depth in stages.items():
-            m.review_stage_depth.labels(*key).set(depth)
-        for project in {p for p, _ in stages}:
-            for backlog in stage_backlog(store, project):
-                age = (
-                    0.0
-                    if backlog.oldest_ms is None or not backlog.depth
-                    else (now_ms - backlog.oldest_ms) / 1000
-                )
-                m.review_stage_oldest_seconds.labels(project, backlog.stage).set(max(age, 0.0))
-        self._stages = set(stages)
-        self._refresh_planning(store, now_ms, stages, depths)
+        self._refresh_stages(store, now_ms, stages, depths)
 
-    def _refresh_planning(
+    def _refresh_stages(
         self,
         store: ProjectionStore,
         now_ms: int,

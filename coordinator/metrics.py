@@ -74,18 +74,6 @@ class Metrics:
         self.queue_depth = Gauge(
             "labelweave_queue_depth_tasks", "Tasks with a free slot, by project", ["project"], registry=r
         )
-        self.review_stage_depth = Gauge(
-            "labelweave_review_stage_depth",
-            "Work waiting at a review stage (open disputes at the expert stage), by project and stage",
-            ["project", "stage"],
-            registry=r,
-        )
-        self.review_stage_oldest_seconds = Gauge(
-            "labelweave_review_stage_oldest_seconds",
-            "Age of the longest-waiting item at a review stage (0 when empty)",
-            ["project", "stage"],
-            registry=r,
-        )
         self.stage_depth = Gauge(
             "labelweave_stage_depth",
             "Work waiting at a stage (annotate: tasks with a free slot; review stages; the expert"

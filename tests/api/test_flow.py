@@ -481,7 +481,11 @@ def test_review_stage_gauges_follow_the_pipeline(team: tuple[Env, Stubs, Stubs, 
         out: dict[str, float] = {}
         for family in registry.collect():
             for sample in family.samples:
-                if sample.name == name and sample.labels.get("project") == "p1":
+                if (
+                    sample.name == name
+                    and sample.labels.get("project") == "p1"
+                    and sample.labels["stage"] != "annotate"
+                ):
                     out[sample.labels["stage"]] = sample.value
         return out
 
@@ -490,11 +494,11 @@ def test_review_stage_gauges_follow_the_pipeline(team: tuple[Env, Stubs, Stubs, 
         from consumers.gauges import ProjectionGauges
 
         ProjectionGauges(app.metrics).refresh(app.store)
-        return stage_samples("labelweave_review_stage_depth")
+        return stage_samples("labelweave_stage_depth")
 
     (stage,) = refreshed()
     assert refreshed() == {stage: 2}
-    assert stage_samples("labelweave_review_stage_oldest_seconds")[stage] >= 0
+    assert stage_samples("labelweave_stage_oldest_seconds")[stage] >= 0
     n = rev.tasks.Review(
         api_pb2.ReviewRequest(
             command_id="r1",
