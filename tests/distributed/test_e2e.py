@@ -247,11 +247,14 @@ def test_two_coordinators_two_workers_simulate_then_cassandra_equals_a_rebuild(c
     first = cluster.start_server(1)
     second = cluster.start_server(2)
 
-    # 1. A simulated workforce through each coordinator at once (layered review, rework, releases).
+    # 1. A simulated workforce through each coordinator at once: one with review, rework and
+    #    releases, one with the quality pipeline (peer review, QA, disputes, gold, consensus).
     sims = []
     for i, server in enumerate((first, second)):
         args = ["simulate", "--project", f"site{i}", "--annotators", "4", "--reviewers", "1"]
         args += ["--tasks", "30", "--overlap", "2", "--seed", str(11 + i), "--duration-limit", "240"]
+        if i == 1:  # the whole quality pipeline: QA, disputes, gold, consensus, all views under workers
+            args += ["--quality", "--gold", "6"]
         sims.append(
             subprocess.Popen(
                 [
