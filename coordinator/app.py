@@ -116,13 +116,19 @@ class Application:
         return secret
 
     def _sweep_leases(self) -> None:
+        """The timer: expire leases past their deadline (gold and training leases included), then
+        record scored gold answers whose result a crash lost (coordinator/gold_reconcile.py)."""
         while not self._stop.wait(self.settings.lease_sweep_seconds):
-            try:
-                self.service.expire_leases()
-            except LabelweaveError as exc:  # a backend is unavailable (restarting): one line, retried
-                log.warning("lease sweep failed: %s", exc)
-            except Exception:  # the timer must survive a bad moment (e.g. disk full); it retries
-                log.exception("lease sweep failed")
+            for what, sweep in (
+                ("lease sweep", self.service.expire_leases),
+                ("gold reconcile", self.service.reconcile_gold),
+            ):
+                try:
+                    sweep()
+                except LabelweaveError as exc:  # a backend is unavailable (restarting): one line, retried
+                    log.warning("%s failed: %s", what, exc)
+                except Exception:  # the timer must survive a bad moment (e.g. disk full); it retries
+                    log.exception("%s failed", what)
 
     def close(self) -> None:
         self._stop.set()

@@ -7,6 +7,7 @@ labelweave pause PROJECT --reason "guideline v3 under review"
 labelweave resume PROJECT
 labelweave reprioritise PROJECT --priority 9 --batch-id street-001
 labelweave reprioritise PROJECT --priority 9 --task t1 --task t2 | --tasks-file ids.txt
+labelweave reprioritise PROJECT --priority 9 --min-priority 0 --max-priority 4
 labelweave assigned PROJECT --person alice
 labelweave teams PERSON night-shift lidar-experts     (replaces the person's teams)
 """
@@ -60,8 +61,14 @@ def cmd_reprioritise(args: argparse.Namespace) -> int:
     if args.tasks_file:
         text = Path(args.tasks_file).read_text(encoding="utf-8")
         ids += [line.strip() for line in text.splitlines() if line.strip()]
-    if bool(ids) == bool(args.batch_id):
-        raise InvalidArgument("give --task/--tasks-file or --batch-id (one of them)", field="--batch-id")
+    bounds = (args.min_priority, args.max_priority)
+    ranged = bounds != (None, None)
+    if ranged and None in bounds:
+        raise InvalidArgument("give both --min-priority and --max-priority", field="--max-priority")
+    if sum((bool(ids), bool(args.batch_id), ranged)) != 1:
+        raise InvalidArgument(
+            "give --task/--tasks-file, --batch-id or --min/--max-priority (one of them)", field="--batch-id"
+        )
     with _client(args) as lw:
         _print_json(
             lw.reprioritise_tasks(
@@ -69,6 +76,7 @@ def cmd_reprioritise(args: argparse.Namespace) -> int:
                 args.priority,
                 ids,
                 batch_id=args.batch_id,
+                priority_range=(int(args.min_priority), int(args.max_priority)) if ranged else None,
                 reason=args.reason,
                 command_id=args.command_id,
             )
@@ -135,7 +143,7 @@ def add_manager_commands(command: Callable[..., argparse.ArgumentParser], sub: A
         sub,
         "reprioritise",
         cmd_reprioritise,
-        "give tasks a new priority, all or nothing (listed tasks or an import batch)",
+        "give tasks a new priority, all or nothing (listed tasks, an import batch or a priority range)",
         parents=[client],
     )
     p.add_argument("project_id", metavar="PROJECT")
@@ -143,6 +151,8 @@ def add_manager_commands(command: Callable[..., argparse.ArgumentParser], sub: A
     p.add_argument("--task", action="append", default=[], metavar="ID", help="repeatable")
     p.add_argument("--tasks-file", default=None, metavar="FILE", help="one task id per line")
     p.add_argument("--batch-id", default="", help="every task of this import batch")
+    p.add_argument("--min-priority", type=int, default=None, help="with --max-priority: every open task")
+    p.add_argument("--max-priority", type=int, default=None, help="whose priority is in [min, max]")
     p.add_argument("--reason", default="")
     p.add_argument("--command-id", default=None, help="reuse to retry safely (default: a new one)")
     p = command(sub, "assigned", cmd_assigned, "tasks waiting for a person or a team", parents=[client])

@@ -784,10 +784,12 @@ class LabelweaveClient:
         task_ids: Sequence[str] = (),
         *,
         batch_id: str = "",
+        priority_range: tuple[int, int] | None = None,
         reason: str = "",
         command_id: str | None = None,
     ) -> manager_pb2.ReprioritiseTasksResponse:
-        """All or nothing: listed tasks (at most 10,000) or every task of an import batch."""
+        """All or nothing: listed tasks (at most 10,000), every task of an import batch, or every
+        open task whose priority is in `priority_range` (min, max; inclusive)."""
         req = manager_pb2.ReprioritiseTasksRequest(
             command_id=_new_id(command_id),
             project_id=project_id,
@@ -796,6 +798,9 @@ class LabelweaveClient:
             priority=priority,
             reason=reason,
         )
+        if priority_range is not None:
+            low, high = priority_range
+            req.priority_range.CopyFrom(manager_pb2.PriorityRange(min=low, max=high))
         return self._call(self._manager.ReprioritiseTasks, req)
 
     def list_assigned(

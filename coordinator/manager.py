@@ -197,6 +197,12 @@ def reprioritise_tasks(
 
 
 def _selected(service: Service, req: manager_pb2.ReprioritiseTasksRequest) -> list[str]:
+    if req.HasField("priority_range"):
+        if req.task_ids or req.batch_id:
+            raise InvalidArgument(
+                "give task_ids, a batch_id or a priority_range (one of them)", field="priority_range"
+            )
+        return _in_priority_range(service, req)
     if req.task_ids and req.batch_id:
         raise InvalidArgument("list task_ids or name a batch_id, not both", field="batch_id")
     if req.batch_id:
@@ -212,7 +218,7 @@ def _selected(service: Service, req: manager_pb2.ReprioritiseTasksRequest) -> li
             )
         return ids
     if not req.task_ids:
-        raise InvalidArgument("list task_ids or name a batch_id", field="task_ids")
+        raise InvalidArgument("list task_ids, name a batch_id or give a priority_range", field="task_ids")
     if len(req.task_ids) > MAX_REPRIORITISE:
         raise InvalidArgument(
             f"at most {MAX_REPRIORITISE} tasks per request, got {len(req.task_ids)}", field="task_ids"
@@ -221,6 +227,38 @@ def _selected(service: Service, req: manager_pb2.ReprioritiseTasksRequest) -> li
         if not task_id:
             raise InvalidArgument("required", field=f"task_ids[{i}]")
     return list(dict.fromkeys(req.task_ids))  # duplicates ignored, first position kept
+
+
+def _in_priority_range(service: Service, req: manager_pb2.ReprioritiseTasksRequest) -> list[str]:
+    """The project's open tasks whose current priority is in the range (the tasks view's
+    priority index), by task id; with the tasks an earlier attempt of this request already moved
+    (they may have left the range), so a retry answers as the first attempt did."""
+    low, high = req.priority_range.min, req.priority_range.max
+    if low > high:
+        raise InvalidArgument(f"min {low} is above max {high}", field="priority_range.max")
+    ids = manager_queries.open_tasks_by_priority(
+        service.store, req.project_id, low, high, MAX_REPRIORITISE + 1
+    )
+    if len(ids) > MAX_REPRIORITISE:
+        raise InvalidArgument(
+            f"more than {MAX_REPRIORITISE} open tasks have a priority in [{low}, {high}];"
+            " narrow the range or list task_ids in chunks",
+            field="priority_range",
+        )
+    moved = manager_queries.reprioritised_by(
+        service.store, req.project_id, req.command_id, MAX_REPRIORITISE + 1
+    )
+    selected = sorted({*ids, *moved})
+    if not selected:
+        raise NotFound(
+            f"project {req.project_id} has no open task with a priority in [{low}, {high}]",
+            field="priority_range",
+        )
+    if len(selected) > MAX_REPRIORITISE:
+        raise InvalidArgument(
+            f"more than {MAX_REPRIORITISE} tasks selected; narrow the range", field="priority_range"
+        )
+    return selected
 
 
 # ------------------------------------------------------------------ hooks of the service

@@ -9,6 +9,7 @@ consistent with the log; lists and queues come from projections (eventually cons
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import secrets
 import threading
@@ -65,6 +66,7 @@ from coordinator.errors import (
 )
 from coordinator.eventlog import codec
 from coordinator.eventlog.base import EventLog, Position, format_checkpoint, parse_checkpoint
+from coordinator.gold_reconcile import GoldReconciler, gold_command_id
 from coordinator.metrics import Metrics
 from projections import gold_queries, queries, review_queries
 from projections.base import Doc, ProjectionStore
@@ -163,6 +165,7 @@ class Service:
         self._principals = TtlCache(ttl=2.0)
         self._claims: set[str] = set()
         self._claims_lock = threading.Lock()
+        self._gold_reconciler = GoldReconciler(self)
 
     # ------------------------------------------------------------------ helpers
 
@@ -766,6 +769,8 @@ class Service:
         else:
             project_ids = queries.projects_of(self.store, who.person_id)
         person = self._fresh_person(who.person_id)
+        if person.skills != who.skills:  # granted (or removed) since the token was cached, maybe
+            who = dataclasses.replace(who, skills=person.skills)  # by another coordinator process
         refused: list[str] = []
         for pid in project_ids:
             project = self._project(pid)
@@ -1032,32 +1037,41 @@ class Service:
         )
 
     def _record_gold(self, outcome: Outcome) -> None:
-        """Enter every scored gold answer of `outcome` into its author's record: a command on the
-        person's stream with an id derived from the GoldScored event, so it runs once however
-        often it is sent. The person aggregate decides the suspension rule (or the
-        qualification attempt's outcome) against the results before it, in stream order."""
+        """Enter every scored gold answer of `outcome` into its author's record."""
         for ev in outcome.events:
-            env = ev.envelope
-            if env.type != "gold_scored":
-                continue
-            scored = env.gold_scored
-            project = self._project(scored.project_id)
-            try:
-                result = self.bus.execute(
-                    C.RecordGoldResult(
-                        scored.person_id, scored, env.event_id, project.settings.quality, self.clock()
-                    ),
-                    actor=self._actor(SYSTEM),
-                    command_id=f"gold/{env.event_id}",
-                    correlation_id=env.correlation_id,
-                    causation_id=env.event_id,
-                )
-            except (AlreadyExists, FailedPrecondition) as exc:
-                # e.g. a late answer of an attempt that is over: the task keeps its score
-                log.info("gold result %s not recorded for %s: %s", env.event_id, scored.person_id, exc)
-                continue
-            if result.first(events_pb2.SkillGranted) is not None:
-                self._principals.clear()  # routing uses the new skill at once
+            if ev.envelope.type == "gold_scored":
+                self.record_gold_scored(ev.envelope)
+
+    def record_gold_scored(self, env: events_pb2.EventEnvelope) -> Outcome | None:
+        """Enter one scored gold answer (a `GoldScored` envelope) into its author's record: a
+        command on the person's stream whose id derives from the task and annotation
+        (`gold/<task>/<annotation>`), so it runs once however often, and by whom, it is sent
+        (the submission, its retries, the gold reconcile sweep). The person aggregate decides the
+        suspension rule (or the qualification attempt's outcome) against the results before it,
+        in stream order. None: refused (recorded already, or no longer counts)."""
+        scored = env.gold_scored
+        project = self._project(scored.project_id)
+        try:
+            result = self.bus.execute(
+                C.RecordGoldResult(
+                    scored.person_id, scored, env.event_id, project.settings.quality, self.clock()
+                ),
+                actor=self._actor(SYSTEM),
+                command_id=gold_command_id(scored.task_id, scored.annotation_id),
+                correlation_id=env.correlation_id,
+                causation_id=env.event_id,
+            )
+        except (AlreadyExists, FailedPrecondition) as exc:
+            # e.g. a late answer of an attempt that is over: the task keeps its score
+            log.info("gold result %s not recorded for %s: %s", env.event_id, scored.person_id, exc)
+            return None
+        if result.first(events_pb2.SkillGranted) is not None:
+            self._principals.clear()  # routing uses the new skill at once
+        return result
+
+    def reconcile_gold(self) -> int:
+        """Timer body: record scored gold answers whose result a crash lost (gold_reconcile.py)."""
+        return self._gold_reconciler.sweep()
 
     def edit_annotation(self, who: Principal, req: api_pb2.EditAnnotationRequest) -> api_pb2.SubmitResponse:
         who.require(ANNOTATE, "EditAnnotation")

@@ -12,7 +12,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from coordinator.errors import InvalidArgument
-from projections.base import Doc, ProjectionStore
+from projections.base import Doc, ProjectionStore, unshard
 from projections.views.gold import gold_tasks_pk, results_pk
 
 # ------------------------------------------------------------------ tasks
@@ -26,6 +26,25 @@ def gold_tasks(store: ProjectionStore, project_id: str) -> list[Doc]:
 def training_tasks(store: ProjectionStore, project_id: str, skill: str) -> list[Doc]:
     """The training items of the project's qualification for `skill`, by task id."""
     return [doc for _, doc in store.scan("gold_tasks", gold_tasks_pk(project_id, skill))]
+
+
+# ------------------------------------------------------------------ reconciliation
+
+
+def scored_buckets(store: ProjectionStore) -> list[tuple[str, str]]:
+    """(shard, bucket pk) of every non-empty bucket of the scored-answer log, in order."""
+    return [(unshard(sk), sk) for sk, _ in store.scan("gold_scored_buckets", "all")]
+
+
+def scored_after(store: ProjectionStore, bucket: str, after_sk: str, limit: int) -> list[tuple[str, Doc]]:
+    """Scored answers of one bucket in log order, after the sort key `after_sk` ("" : all)."""
+    start = after_sk + "\x00" if after_sk else ""
+    return store.scan("gold_scored", bucket, start=start, limit=limit)
+
+
+def is_recorded(store: ProjectionStore, gold_event_id: str) -> bool:
+    """The GoldScored event's result is in its author's record (as far as the view knows)."""
+    return store.get("gold_recorded", gold_event_id) is not None
 
 
 # ------------------------------------------------------------------ accuracy

@@ -487,6 +487,11 @@ def _submit(state: TaskState, cmd: SubmitAnnotation) -> list[Message]:
             project_id=state.project_id,
         )
     ]
+    if cmd.consensus is not None:  # the thresholds agreement statistics match shapes with
+        submitted = events[0]
+        assert isinstance(submitted, events_pb2.AnnotationSubmitted)
+        submitted.match_iou_threshold = cmd.consensus.iou_threshold
+        submitted.match_oks_threshold = cmd.consensus.oks_threshold
     after = _apply(state, events)
     agreed = consensus_events(after, cmd.annotation_id, cmd.consensus)  # escalation routes it itself
     events.extend(agreed)

@@ -4,13 +4,22 @@ An *item* is one round of a task; its *ratings* are the annotations submitted in
 per person (a person's later submission in the same round, after abandoning, is ignored). A
 rating's *category* is the label of its classification shape (several: their sorted labels joined
 by "+"; none: no categorical rating). Gold and training tasks are left out. Edits do not change
-a rating: agreement is about independent first judgements.
+a rating: agreement is about independent first judgements (a rework follows a reviewer's
+rejection and a correction is a reviewer's own answer, so neither is independent; consensus, by
+contrast, fuses the live versions, docs/consensus-and-agreement.md).
+
+Shapes of a pair match when their IoU (OKS for keypoints) reaches the threshold recorded on the
+ratings' `AnnotationSubmitted` (`match_iou_threshold` / `match_oks_threshold`: the project's
+consensus policy at submission; the stricter of the two ratings' values); with none recorded
+(0: no consensus policy, or logs written before) any overlap matches.
 
 Collections
 - "agreement_task"  pk=task_id, sk="" → {project_id, round, gold}
 - "agreement_items" pk=project_id, sk=f"{task_id}#{round:06d}" →
-      {task_id, round, ratings: [{person_id, annotation_id, category, shapes: [{label, kind, shape}]}]}
-      (`shape`: the protobuf Shape, base64). Written only by its task's events.
+      {task_id, round, ratings: [{person_id, annotation_id, category, shapes: [{label, kind, shape}],
+                                  iou?, oks?}]}
+      (`shape`: the protobuf Shape, base64; `iou` / `oks`: the matching thresholds, when
+      recorded). Written only by its task's events.
 - "agreement_stats" pk=project_id, sk=f"{key}|{shard}", sharded by log partition
   (`projections.base.shard_of`; queries sum the shards):
     key "project" → {fleiss: {m: {items, sq: {cat: Σ n_ic²}, tot: {cat: Σ n_ic}}},
@@ -80,10 +89,16 @@ def similarity(kind: str, a: annotation_pb2.Shape, b: annotation_pb2.Shape) -> f
     return value
 
 
-def match(kind: str, xs: list[annotation_pb2.Shape], ys: list[annotation_pb2.Shape]) -> list[float]:
-    """Similarities of the greedily matched pairs (most similar first; ties: earlier shapes)."""
+def match(
+    kind: str, xs: list[annotation_pb2.Shape], ys: list[annotation_pb2.Shape], threshold: float = 0.0
+) -> list[float]:
+    """Similarities of the greedily matched pairs (most similar first; ties: earlier shapes); a
+    pair is a candidate when its similarity is > 0 and >= `threshold`."""
     candidates = sorted(
-        (-s, i, j) for i, x in enumerate(xs) for j, y in enumerate(ys) if (s := similarity(kind, x, y)) > 0
+        (-s, i, j)
+        for i, x in enumerate(xs)
+        for j, y in enumerate(ys)
+        if (s := similarity(kind, x, y)) > 0 and s >= threshold
     )
     used_x: set[int] = set()
     used_y: set[int] = set()
@@ -197,6 +212,10 @@ class AgreementView:
             "category": category,
             "shapes": shapes,
         }
+        if p.match_iou_threshold > 0:
+            rating["iou"] = float(p.match_iou_threshold)
+        if p.match_oks_threshold > 0:
+            rating["oks"] = float(p.match_oks_threshold)
         shard = shard_of(event)
         if category is not None:
             before = Counter(str(r["category"]) for r in ratings if r["category"] is not None)
@@ -234,7 +253,9 @@ class AgreementView:
             for raw in rating["shapes"]:
                 groups.setdefault((raw["label"], raw["kind"]), ([], []))[side].append(_shape(raw))
         for (label, kind), (xs, ys) in sorted(groups.items()):
-            sims = match(kind, xs, ys)
+            field = "oks" if kind in OKS_KINDS else "iou"
+            threshold = max(float(a.get(field, 0.0)), float(b.get(field, 0.0)))
+            sims = match(kind, xs, ys, threshold)
             cell = doc["shapes"].setdefault(
                 f"{label}{SEP}{kind}", {"matched": 0, "unmatched": 0, "sum_sim": 0.0}
             )

@@ -7,6 +7,8 @@ Collections
 - "project_members" pk=project_id, sk=person_id → {person_id}
 - "person_projects" pk=person_id, sk=project_id → {project_id}
 - "person"          pk=person_id, sk="" → {person_id, display_name, roles, skills [{name, level}], time_zone}
+                    (skills as the person aggregate holds them: the registered or updated ones
+                    plus those granted by qualifications, `SkillGranted`)
 - "token"           pk=token_sha256, sk="" → {person_id, token_id, expires_ms, revoked}
 - "person_tokens"   pk=person_id, sk=token_id → {token_sha256}
 """
@@ -87,6 +89,19 @@ class DirectoryView:
         elif kind == "person_registered" or kind == "person_updated":
             spec = getattr(env, kind).person
             tx.put("person", spec.person_id, "", person_doc(spec))
+        elif kind == "skill_granted":  # a passed qualification (the person aggregate's rule)
+            sg = env.skill_granted
+            doc = tx.get("person", sg.person_id)
+            if doc is None:
+                return
+            skills: list[Doc] = doc["skills"]
+            for skill in skills:
+                if skill["name"] == sg.skill.name:
+                    skill["level"] = max(int(skill["level"]), int(sg.skill.level))
+                    break
+            else:
+                skills.append({"name": sg.skill.name, "level": int(sg.skill.level)})
+            tx.put("person", sg.person_id, "", doc)
         elif kind == "token_issued":
             ti = env.token_issued
             tx.put(

@@ -4,7 +4,8 @@ quality feed (docs/quality.md).
 Single-writer rule (each log partition is applied on its own, in parallel): the only documents
 that are read-modify-written are "gold_accuracy" rows, and each is written only by events of one
 person's stream (its key holds the person id). Everything else is a pure insert or delete under
-a key no other stream writes (the task id or the event id is part of it). Nothing here reads a
+a key no other stream (or, for the scored log, no other partition) writes (the task id, the
+event id or the partition is part of it). Nothing here reads a
 document another stream writes, so the rows do not depend on how partitions interleave.
 
 Collections
@@ -24,6 +25,18 @@ Collections
       A reinstatement empties the window.
 - "gold_suspensions" pk=project_id, sk=person_id → the suspension while it lasts (person stream:
       insert on PersonSuspended, delete on PersonReinstated).
+- "gold_scored"      pk=scored_pk(shard, offset), sk=f"{offset:020d}" → {task_id, annotation_id,
+      person_id, project_id, event_id, at_ms}: every scored answer in log order per partition
+      (task stream `GoldScored`, insert), in buckets of 2**20 offsets.
+- "gold_scored_buckets" pk="all", sk=f"{shard}|{bucket:08d}" → {}: the non-empty buckets (written
+      only by events of that partition).
+- "gold_recorded"    pk=gold_event_id (the GoldScored event's id), sk="" → {task_id, annotation_id,
+      person_id}: the answers entered into their author's record (person stream
+      `GoldResultRecorded`, insert).
+      Scored minus recorded = answers whose `RecordGoldResult` was lost (a crash between the
+      two appends); the gold reconciler (`coordinator/gold_reconcile.py`) walks "gold_scored" in
+      log order per partition and records those. Both sides are pure inserts written by one
+      stream each, so the difference does not depend on how partitions interleave.
 - "quality_feedback" pk=person_id, sk=f"{recorded_ms:013d}|{event_id}" → a feed row (person
       stream, insert): {kind: qualification | suspended | reinstated, project_id, at_ms, position,
       event_id, event: the payload as protobuf JSON, retraining?: RetrainingAssigned as JSON (a
@@ -33,13 +46,13 @@ Collections
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Final
 
 from google.protobuf import json_format
 
 from coordinator._pb.labelweave.events.v1 import model_pb2
 from coordinator.eventlog.base import RecordedEvent
-from projections.base import Doc, ViewTx
+from projections.base import SHARD_SEP, Doc, ViewTx, shard_of
 from projections.views.taskstate import ts_ms
 
 
@@ -53,6 +66,18 @@ def results_pk(project_id: str, person_id: str) -> str:
 
 def time_sk(ms: int, event_id: str) -> str:
     return f"{max(ms, 0):013d}|{event_id}"
+
+
+SCORED_BUCKET: Final = 1 << 20
+"""Offsets per "gold_scored" partition, so no store partition grows without bound."""
+
+
+def scored_bucket(shard: str, offset: int) -> str:
+    return f"{shard}{SHARD_SEP}{offset // SCORED_BUCKET:08d}"
+
+
+def offset_sk(offset: int) -> str:
+    return f"{offset:020d}"
 
 
 def classes_doc(classes: Any) -> Doc:
@@ -71,6 +96,9 @@ class GoldView:
         "gold_accuracy",
         "gold_suspensions",
         "quality_feedback",
+        "gold_scored",
+        "gold_scored_buckets",
+        "gold_recorded",
     )
 
     def apply(self, event: RecordedEvent, tx: ViewTx) -> None:
@@ -110,7 +138,30 @@ class GoldView:
                     "position": str(event.position),
                 },
             )
+            offset = event.position.offset
+            bucket = scored_bucket(shard_of(event), offset)
+            tx.put(
+                "gold_scored",
+                bucket,
+                offset_sk(offset),
+                {
+                    "task_id": s.task_id,
+                    "annotation_id": s.annotation_id,
+                    "person_id": s.person_id,
+                    "project_id": s.project_id,
+                    "event_id": env.event_id,
+                    "at_ms": ms,
+                },
+            )
+            tx.put("gold_scored_buckets", "all", bucket, {})
         elif kind == "gold_result_recorded":
+            gr = env.gold_result_recorded
+            tx.put(
+                "gold_recorded",
+                gr.gold_event_id,
+                "",
+                {"task_id": gr.task_id, "annotation_id": gr.annotation_id, "person_id": gr.person_id},
+            )
             self._recorded(event, tx)
         elif kind == "person_suspended":
             self._suspended(event, tx)

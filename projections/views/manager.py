@@ -8,12 +8,17 @@ Collections
 - "batch_tasks"  pk=f"{project_id}|{batch_id}", sk=task_id → {}
                  (every task an ImportTasks batch brought, by task id: the selector of
                  ReprioritiseTasks; a replayed import writes the same row)
+- "reprioritised" pk=f"{project_id}|{command_id}", sk=task_id → {priority}: the tasks a
+                 ReprioritiseTasks request changed (its events' correlation id), so a retried
+                 priority-range request answers with the tasks its first attempt moved out of
+                 the range
 
 The queued tasks assigned to a person or a team are in the queue view ("assigned_queue"), which
 already knows which tasks are queued.
 
 Single-writer rule (docs/architecture.md): a team_members row is written only by the events of
-its person's stream, a batch_tasks row only by its task's import, so every row has one writer.
+its person's stream, a batch_tasks row only by its task's import, a reprioritised row only by its
+task's TaskReprioritised of that request, so every row has one writer.
 """
 
 from __future__ import annotations
@@ -26,9 +31,13 @@ def batch_pk(project_id: str, batch_id: str) -> str:
     return f"{project_id}|{batch_id}"
 
 
+def request_pk(project_id: str, command_id: str) -> str:
+    return f"{project_id}|{command_id}"
+
+
 class ManagerView:
     name: str = "manager"
-    collections: tuple[str, ...] = ("team_members", "person_teams", "batch_tasks")
+    collections: tuple[str, ...] = ("team_members", "person_teams", "batch_tasks", "reprioritised")
 
     def apply(self, event: RecordedEvent, tx: ViewTx) -> None:
         env = event.envelope
@@ -36,6 +45,15 @@ class ManagerView:
         if kind == "task_imported":
             p = env.task_imported
             tx.put("batch_tasks", batch_pk(p.project_id, p.batch_id), p.task.task_id, {})
+        elif kind == "task_reprioritised":
+            r = env.task_reprioritised
+            if env.correlation_id:
+                tx.put(
+                    "reprioritised",
+                    request_pk(r.project_id, env.correlation_id),
+                    r.task_id,
+                    {"priority": int(r.priority)},
+                )
         elif kind in ("person_registered", "person_updated"):
             spec = getattr(env, kind).person
             known = tx.get("person_teams", spec.person_id)

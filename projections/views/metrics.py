@@ -40,8 +40,8 @@ class MetricsView:
         env = event.envelope
         kind = env.WhichOneof("payload")
         shard = shard_of(event)
-        if kind == "task_imported":
-            p = env.task_imported
+        if kind == "task_imported" or kind == "gold_task_imported":  # gold: its leases expire too
+            p = getattr(env, kind)
             tx.put("metrics_task", p.task.task_id, "", {"project_id": p.project_id})
         elif kind == "task_leased":
             p1 = env.task_leased

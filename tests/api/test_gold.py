@@ -388,9 +388,17 @@ def test_suspension_below_the_threshold_refuses_work_until_a_manager_reinstates(
     assert suspended.person_suspended.accuracy == pytest.approx(1 / 3)
     assert (suspended.person_suspended.threshold, suspended.person_suspended.results) == (0.6, 3)
     assert "33%" in suspended.person_suspended.reason and "60%" in suspended.person_suspended.reason
-    # decided right after the third GoldScored, in one command whose id derives from it
+    # decided right after the third GoldScored, in one command whose id derives from its task
+    # and annotation (the same id the gold reconcile sweep would use)
     gold_event = suspended.person_suspended.gold_event_id
-    assert suspended.command_id == retraining.command_id == f"gold/{gold_event}"
+    recorded = next(
+        e.gold_result_recorded
+        for e in person
+        if e.type == "gold_result_recorded" and e.gold_result_recorded.gold_event_id == gold_event
+    )
+    assert (
+        suspended.command_id == retraining.command_id == f"gold/{recorded.task_id}/{recorded.annotation_id}"
+    )
     assert suspended.causation_id == gold_event and suspended.actor.user_id == "system"
 
     details = refused(

@@ -26,7 +26,7 @@ _sym_db = _symbol_database.Default()
 from coordinator._pb.labelweave.api.v1 import api_pb2 as labelweave_dot_api_dot_v1_dot_api__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1flabelweave/api/v1/manager.proto\x12\x11labelweave.api.v1\x1a\x1blabelweave/api/v1/api.proto\"x\n\x11\x41ssignTaskRequest\x12\x12\n\ncommand_id\x18\x01 \x01(\t\x12\x0f\n\x07task_id\x18\x02 \x01(\t\x12\x11\n\tperson_id\x18\x03 \x01(\t\x12\x0c\n\x04team\x18\x04 \x01(\t\x12\x0e\n\x06reason\x18\x05 \x01(\t\x12\r\n\x05\x66orce\x18\x06 \x01(\x08\"J\n\x13UnassignTaskRequest\x12\x12\n\ncommand_id\x18\x01 \x01(\t\x12\x0f\n\x07task_id\x18\x02 \x01(\t\x12\x0e\n\x06reason\x18\x03 \x01(\t\"M\n\x13PauseProjectRequest\x12\x12\n\ncommand_id\x18\x01 \x01(\t\x12\x12\n\nproject_id\x18\x02 \x01(\t\x12\x0e\n\x06reason\x18\x03 \x01(\t\"N\n\x14ResumeProjectRequest\x12\x12\n\ncommand_id\x18\x01 \x01(\t\x12\x12\n\nproject_id\x18\x02 \x01(\t\x12\x0e\n\x06reason\x18\x03 \x01(\t\"\x88\x01\n\x18ReprioritiseTasksRequest\x12\x12\n\ncommand_id\x18\x01 \x01(\t\x12\x12\n\nproject_id\x18\x02 \x01(\t\x12\x10\n\x08task_ids\x18\x03 \x03(\t\x12\x10\n\x08\x62\x61tch_id\x18\x04 \x01(\t\x12\x10\n\x08priority\x18\x05 \x01(\x05\x12\x0e\n\x06reason\x18\x06 \x01(\t\"R\n\x19ReprioritiseTasksResponse\x12\x10\n\x08task_ids\x18\x01 \x03(\t\x12\x11\n\tunchanged\x18\x02 \x03(\t\x12\x10\n\x08position\x18\x03 \x01(\t\"Y\n\x13ListAssignedRequest\x12\x12\n\nproject_id\x18\x01 \x01(\t\x12\x11\n\tperson_id\x18\x02 \x01(\t\x12\x0c\n\x04team\x18\x03 \x01(\t\x12\r\n\x05limit\x18\x04 \x01(\r\"(\n\x14ListAssignedResponse\x12\x10\n\x08task_ids\x18\x01 \x03(\t2\xa9\x04\n\x0eManagerService\x12K\n\nAssignTask\x12$.labelweave.api.v1.AssignTaskRequest\x1a\x17.labelweave.api.v1.Task\x12O\n\x0cUnassignTask\x12&.labelweave.api.v1.UnassignTaskRequest\x1a\x17.labelweave.api.v1.Task\x12R\n\x0cPauseProject\x12&.labelweave.api.v1.PauseProjectRequest\x1a\x1a.labelweave.api.v1.Project\x12T\n\rResumeProject\x12\'.labelweave.api.v1.ResumeProjectRequest\x1a\x1a.labelweave.api.v1.Project\x12n\n\x11ReprioritiseTasks\x12+.labelweave.api.v1.ReprioritiseTasksRequest\x1a,.labelweave.api.v1.ReprioritiseTasksResponse\x12_\n\x0cListAssigned\x12&.labelweave.api.v1.ListAssignedRequest\x1a\'.labelweave.api.v1.ListAssignedResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1flabelweave/api/v1/manager.proto\x12\x11labelweave.api.v1\x1a\x1blabelweave/api/v1/api.proto\"x\n\x11\x41ssignTaskRequest\x12\x12\n\ncommand_id\x18\x01 \x01(\t\x12\x0f\n\x07task_id\x18\x02 \x01(\t\x12\x11\n\tperson_id\x18\x03 \x01(\t\x12\x0c\n\x04team\x18\x04 \x01(\t\x12\x0e\n\x06reason\x18\x05 \x01(\t\x12\r\n\x05\x66orce\x18\x06 \x01(\x08\"J\n\x13UnassignTaskRequest\x12\x12\n\ncommand_id\x18\x01 \x01(\t\x12\x0f\n\x07task_id\x18\x02 \x01(\t\x12\x0e\n\x06reason\x18\x03 \x01(\t\"M\n\x13PauseProjectRequest\x12\x12\n\ncommand_id\x18\x01 \x01(\t\x12\x12\n\nproject_id\x18\x02 \x01(\t\x12\x0e\n\x06reason\x18\x03 \x01(\t\"N\n\x14ResumeProjectRequest\x12\x12\n\ncommand_id\x18\x01 \x01(\t\x12\x12\n\nproject_id\x18\x02 \x01(\t\x12\x0e\n\x06reason\x18\x03 \x01(\t\"\xc2\x01\n\x18ReprioritiseTasksRequest\x12\x12\n\ncommand_id\x18\x01 \x01(\t\x12\x12\n\nproject_id\x18\x02 \x01(\t\x12\x10\n\x08task_ids\x18\x03 \x03(\t\x12\x10\n\x08\x62\x61tch_id\x18\x04 \x01(\t\x12\x10\n\x08priority\x18\x05 \x01(\x05\x12\x0e\n\x06reason\x18\x06 \x01(\t\x12\x38\n\x0epriority_range\x18P \x01(\x0b\x32 .labelweave.api.v1.PriorityRange\")\n\rPriorityRange\x12\x0b\n\x03min\x18\x01 \x01(\x05\x12\x0b\n\x03max\x18\x02 \x01(\x05\"R\n\x19ReprioritiseTasksResponse\x12\x10\n\x08task_ids\x18\x01 \x03(\t\x12\x11\n\tunchanged\x18\x02 \x03(\t\x12\x10\n\x08position\x18\x03 \x01(\t\"Y\n\x13ListAssignedRequest\x12\x12\n\nproject_id\x18\x01 \x01(\t\x12\x11\n\tperson_id\x18\x02 \x01(\t\x12\x0c\n\x04team\x18\x03 \x01(\t\x12\r\n\x05limit\x18\x04 \x01(\r\"(\n\x14ListAssignedResponse\x12\x10\n\x08task_ids\x18\x01 \x03(\t2\xa9\x04\n\x0eManagerService\x12K\n\nAssignTask\x12$.labelweave.api.v1.AssignTaskRequest\x1a\x17.labelweave.api.v1.Task\x12O\n\x0cUnassignTask\x12&.labelweave.api.v1.UnassignTaskRequest\x1a\x17.labelweave.api.v1.Task\x12R\n\x0cPauseProject\x12&.labelweave.api.v1.PauseProjectRequest\x1a\x1a.labelweave.api.v1.Project\x12T\n\rResumeProject\x12\'.labelweave.api.v1.ResumeProjectRequest\x1a\x1a.labelweave.api.v1.Project\x12n\n\x11ReprioritiseTasks\x12+.labelweave.api.v1.ReprioritiseTasksRequest\x1a,.labelweave.api.v1.ReprioritiseTasksResponse\x12_\n\x0cListAssigned\x12&.labelweave.api.v1.ListAssignedRequest\x1a\'.labelweave.api.v1.ListAssignedResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -42,13 +42,15 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_RESUMEPROJECTREQUEST']._serialized_start=360
   _globals['_RESUMEPROJECTREQUEST']._serialized_end=438
   _globals['_REPRIORITISETASKSREQUEST']._serialized_start=441
-  _globals['_REPRIORITISETASKSREQUEST']._serialized_end=577
-  _globals['_REPRIORITISETASKSRESPONSE']._serialized_start=579
-  _globals['_REPRIORITISETASKSRESPONSE']._serialized_end=661
-  _globals['_LISTASSIGNEDREQUEST']._serialized_start=663
-  _globals['_LISTASSIGNEDREQUEST']._serialized_end=752
-  _globals['_LISTASSIGNEDRESPONSE']._serialized_start=754
-  _globals['_LISTASSIGNEDRESPONSE']._serialized_end=794
-  _globals['_MANAGERSERVICE']._serialized_start=797
-  _globals['_MANAGERSERVICE']._serialized_end=1350
+  _globals['_REPRIORITISETASKSREQUEST']._serialized_end=635
+  _globals['_PRIORITYRANGE']._serialized_start=637
+  _globals['_PRIORITYRANGE']._serialized_end=678
+  _globals['_REPRIORITISETASKSRESPONSE']._serialized_start=680
+  _globals['_REPRIORITISETASKSRESPONSE']._serialized_end=762
+  _globals['_LISTASSIGNEDREQUEST']._serialized_start=764
+  _globals['_LISTASSIGNEDREQUEST']._serialized_end=853
+  _globals['_LISTASSIGNEDRESPONSE']._serialized_start=855
+  _globals['_LISTASSIGNEDRESPONSE']._serialized_end=895
+  _globals['_MANAGERSERVICE']._serialized_start=898
+  _globals['_MANAGERSERVICE']._serialized_end=1451
 # @@protoc_insertion_point(module_scope)

@@ -144,6 +144,7 @@ class ReprioritiseTasksRequest(_message.Message):
     BATCH_ID_FIELD_NUMBER: _builtins.int
     PRIORITY_FIELD_NUMBER: _builtins.int
     REASON_FIELD_NUMBER: _builtins.int
+    PRIORITY_RANGE_FIELD_NUMBER: _builtins.int
     command_id: _builtins.str
     """required; each task's command id is derived from it"""
     project_id: _builtins.str
@@ -156,6 +157,12 @@ class ReprioritiseTasksRequest(_message.Message):
     def task_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """at most 10,000 (duplicates ignored); or:"""
 
+    @_builtins.property
+    def priority_range(self) -> Global___PriorityRange:
+        """or: every open (not done) task of the project whose current priority is in the range
+        (at most 10,000; docs/manager-controls.md). Exactly one of task_ids, batch_id, priority_range.
+        """
+
     def __init__(
         self,
         *,
@@ -165,14 +172,39 @@ class ReprioritiseTasksRequest(_message.Message):
         batch_id: _builtins.str = ...,
         priority: _builtins.int = ...,
         reason: _builtins.str = ...,
+        priority_range: Global___PriorityRange | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["priority_range", b"priority_range"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["batch_id", b"batch_id", "command_id", b"command_id", "priority", b"priority", "project_id", b"project_id", "reason", b"reason", "task_ids", b"task_ids"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["batch_id", b"batch_id", "command_id", b"command_id", "priority", b"priority", "priority_range", b"priority_range", "project_id", b"project_id", "reason", b"reason", "task_ids", b"task_ids"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___ReprioritiseTasksRequest: _TypeAlias = ReprioritiseTasksRequest  # noqa: Y015
+
+@_typing.final
+class PriorityRange(_message.Message):
+    """Inclusive bounds on a task's current priority."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    MIN_FIELD_NUMBER: _builtins.int
+    MAX_FIELD_NUMBER: _builtins.int
+    min: _builtins.int
+    max: _builtins.int
+    def __init__(
+        self,
+        *,
+        min: _builtins.int = ...,
+        max: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["max", b"max", "min", b"min"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___PriorityRange: _TypeAlias = PriorityRange  # noqa: Y015
 
 @_typing.final
 class ReprioritiseTasksResponse(_message.Message):

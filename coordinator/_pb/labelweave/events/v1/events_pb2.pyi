@@ -730,6 +730,8 @@ class AnnotationSubmitted(_message.Message):
     GUIDELINE_VERSION_FIELD_NUMBER: _builtins.int
     TIME_ON_TASK_MS_FIELD_NUMBER: _builtins.int
     PROJECT_ID_FIELD_NUMBER: _builtins.int
+    MATCH_IOU_THRESHOLD_FIELD_NUMBER: _builtins.int
+    MATCH_OKS_THRESHOLD_FIELD_NUMBER: _builtins.int
     task_id: _builtins.str
     annotation_id: _builtins.str
     version: _builtins.int
@@ -740,6 +742,12 @@ class AnnotationSubmitted(_message.Message):
     guideline_version: _builtins.int
     time_on_task_ms: _builtins.int
     project_id: _builtins.str
+    match_iou_threshold: _builtins.float
+    """Agreement statistics (projections/views/agreement.py) match two annotators' shapes when their
+    IoU (OKS for keypoints) reaches these: the project's consensus policy at submission, defaults
+    resolved. 0 (no consensus policy, or logs written before): any overlap matches.
+    """
+    match_oks_threshold: _builtins.float
     @_builtins.property
     def annotation(self) -> _annotation_pb2.Annotation: ...
     def __init__(
@@ -755,10 +763,12 @@ class AnnotationSubmitted(_message.Message):
         guideline_version: _builtins.int = ...,
         time_on_task_ms: _builtins.int = ...,
         project_id: _builtins.str = ...,
+        match_iou_threshold: _builtins.float = ...,
+        match_oks_threshold: _builtins.float = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["annotation", b"annotation"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["annotation", b"annotation", "annotation_id", b"annotation_id", "guideline_version", b"guideline_version", "label_schema_version", b"label_schema_version", "lease_id", b"lease_id", "person_id", b"person_id", "project_id", b"project_id", "task_id", b"task_id", "time_on_task_ms", b"time_on_task_ms", "version", b"version"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["annotation", b"annotation", "annotation_id", b"annotation_id", "guideline_version", b"guideline_version", "label_schema_version", b"label_schema_version", "lease_id", b"lease_id", "match_iou_threshold", b"match_iou_threshold", "match_oks_threshold", b"match_oks_threshold", "person_id", b"person_id", "project_id", b"project_id", "task_id", b"task_id", "time_on_task_ms", b"time_on_task_ms", "version", b"version"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
