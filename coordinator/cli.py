@@ -361,6 +361,12 @@ def cmd_task_get(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_task_abandon(args: argparse.Namespace) -> int:
+    with _client(args) as lw:
+        _print_json(lw.abandon_annotation(args.task_id, args.annotation_id, args.reason))
+    return 0
+
+
 def cmd_task_list(args: argparse.Namespace) -> int:
     status = STATUS_BY_NAME[args.status] if args.status else api_pb2.TASK_STATUS_UNSPECIFIED
     with _client(args) as lw:
@@ -932,6 +938,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("project_id", metavar="PROJECT")
     p.add_argument("--status", choices=sorted(STATUS_BY_NAME), default=None)
     p.add_argument("--limit", type=int, default=0)
+    p = command(
+        tasksub,
+        "abandon",
+        cmd_task_abandon,
+        "give up your rejected annotation (frees its slot)",
+        parents=[client],
+    )
+    p.add_argument("task_id", metavar="TASK")
+    p.add_argument("annotation_id", metavar="ANNOTATION")
+    p.add_argument("--reason", default="")
 
     # review pipeline
     p = command(

@@ -436,6 +436,15 @@ class LabelweaveClient:
         )
         return self._call(self._tasks.ReleaseTask, req)
 
+    def abandon_annotation(
+        self, task_id: str, annotation_id: str, reason: str = "", *, command_id: str | None = None
+    ) -> api_pb2.Task:
+        """Give up your rejected annotation (frees its slot); refused while it is disputed."""
+        req = api_pb2.AbandonAnnotationRequest(
+            command_id=_new_id(command_id), task_id=task_id, annotation_id=annotation_id, reason=reason
+        )
+        return self._call(self._tasks.AbandonAnnotation, req)
+
     def submit(
         self,
         task_id: str,

@@ -970,6 +970,18 @@ class Service:
         )
         return self._view_for(who, self._task(req.task_id))
 
+    def abandon_annotation(self, who: Principal, req: api_pb2.AbandonAnnotationRequest) -> api_pb2.Task:
+        """The author gives up their rejected work; the domain refuses it for anyone else, for work
+        that is not rejected, and while a dispute of it is open."""
+        who.require(ANNOTATE, "AbandonAnnotation")
+        self._exec(
+            who,
+            C.AbandonAnnotation(req.task_id, req.annotation_id, who.person_id, req.reason),
+            req.command_id,
+            _request_fingerprint("AbandonAnnotation", req),
+        )
+        return self._view_for(who, self._task(req.task_id))
+
     def _validate_for_task(
         self, task: TaskState, annotation: annotation_pb2.Annotation, field: str
     ) -> tuple[ProjectState, annotation_pb2.Annotation]:

@@ -233,6 +233,16 @@ class TaskServicer(_Base, api_pb2_grpc.TaskServiceServicer):
             "ReleaseTask", context, lambda w: self.service.release_task(w, request), api_pb2.Task()
         )
 
+    def AbandonAnnotation(
+        self, request: api_pb2.AbandonAnnotationRequest, context: grpc.ServicerContext
+    ) -> api_pb2.Task:
+        return self._call(
+            "AbandonAnnotation",
+            context,
+            lambda w: self.service.abandon_annotation(w, request),
+            api_pb2.Task(),
+        )
+
     def Submit(self, request: api_pb2.SubmitRequest, context: grpc.ServicerContext) -> api_pb2.SubmitResponse:
         return self._call(
             "Submit", context, lambda w: self.service.submit(w, request), api_pb2.SubmitResponse()

@@ -567,6 +567,41 @@ def test_bad_disputes_are_refused_and_append_nothing(crew: Crew) -> None:
     )
 
 
+def test_the_author_abandons_rejected_work_and_frees_its_slot(crew: Crew) -> None:
+    crew.imp("t1")
+    t1, a1 = crew.work(crew.ann, "a1")
+
+    def abandon(who: Stubs, cid: str) -> Callable[[], Any]:
+        req = api_pb2.AbandonAnnotationRequest(command_id=cid, task_id=t1, annotation_id=a1, reason="unclear")
+        return lambda: who.tasks.AbandonAnnotation(req, metadata=who.md)
+
+    refused(crew, abandon(crew.ann, "x0"), grpc.StatusCode.FAILED_PRECONDITION, "", "only rejected")
+    crew.review(crew.rev, t1, a1, M.VERDICT_REJECT, reason_codes=["loose_box"])
+    refused(
+        crew, abandon(crew.bob, "x1"), grpc.StatusCode.PERMISSION_DENIED, "annotation_id", "only the author"
+    )
+    refused(crew, abandon(crew.rev, "x2"), grpc.StatusCode.PERMISSION_DENIED, "", "AbandonAnnotation needs")
+    dispute = crew.ann.reviews.OpenDispute(
+        api_pb2.OpenDisputeRequest(command_id="d1", task_id=t1, annotation_id=a1, comment="it is tight"),
+        metadata=crew.ann.md,
+    )
+    refused(crew, abandon(crew.ann, "x3"), grpc.StatusCode.FAILED_PRECONDITION, "", "dispute")
+    crew.exp.reviews.ResolveDispute(
+        api_pb2.ResolveDisputeRequest(
+            command_id="r1", task_id=t1, dispute_id=dispute.dispute_id, decision=M.DISPUTE_DECISION_UPHOLD
+        ),
+        metadata=crew.exp.md,
+    )
+    task = abandon(crew.ann, "x4")()
+    assert task.annotations[0].status == api_pb2.ANNOTATION_STATUS_ABANDONED
+    assert abandon(crew.ann, "x4")() == task  # a retry returns the same answer and appends nothing
+    assert [e.WhichOneof("payload") for e in crew.events(t1)].count("annotation_abandoned") == 1
+    crew.settle()
+    t, _ = crew.work(crew.bob, "b1")  # the slot is free again: someone else takes the task
+    assert t == t1
+    assert_rebuild_matches(crew)
+
+
 def test_projects_without_an_expert_stage_take_no_disputes(crew: Crew) -> None:
     crew.settings(pipeline_settings(expert=False))
     crew.imp("t1")

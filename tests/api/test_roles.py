@@ -176,6 +176,13 @@ MATRIX: dict[str, tuple[set[str], Call]] = {
             api_pb2.ReleaseTaskRequest(command_id=f"rl-{r}", task_id="t0", lease_id="nope"), metadata=s.md
         ),
     ),
+    "AbandonAnnotation": (
+        ANNOTATE,
+        lambda s, r: s.tasks.AbandonAnnotation(
+            api_pb2.AbandonAnnotationRequest(command_id=f"ab-{r}", task_id="t0", annotation_id="nope"),
+            metadata=s.md,
+        ),
+    ),
     "Submit": (
         ANNOTATE,
         lambda s, r: s.tasks.Submit(

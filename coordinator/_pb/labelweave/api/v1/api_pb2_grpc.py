@@ -714,6 +714,11 @@ class TaskServiceStub:
                 request_serializer=labelweave_dot_api_dot_v1_dot_api__pb2.ReopenTaskRequest.SerializeToString,
                 response_deserializer=labelweave_dot_api_dot_v1_dot_api__pb2.Task.FromString,
                 _registered_method=True)
+        self.AbandonAnnotation = channel.unary_unary(
+                '/labelweave.api.v1.TaskService/AbandonAnnotation',
+                request_serializer=labelweave_dot_api_dot_v1_dot_api__pb2.AbandonAnnotationRequest.SerializeToString,
+                response_deserializer=labelweave_dot_api_dot_v1_dot_api__pb2.Task.FromString,
+                _registered_method=True)
         self.GetTask = channel.unary_unary(
                 '/labelweave.api.v1.TaskService/GetTask',
                 request_serializer=labelweave_dot_api_dot_v1_dot_api__pb2.GetTaskRequest.SerializeToString,
@@ -789,6 +794,13 @@ class TaskServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def AbandonAnnotation(self, request, context):
+        """The author gives up rejected work (not while it is disputed): its slot is freed for others.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def GetTask(self, request, context):
         """Missing associated documentation comment in .proto file."""
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
@@ -854,6 +866,11 @@ def add_TaskServiceServicer_to_server(servicer, server):
             'ReopenTask': grpc.unary_unary_rpc_method_handler(
                     servicer.ReopenTask,
                     request_deserializer=labelweave_dot_api_dot_v1_dot_api__pb2.ReopenTaskRequest.FromString,
+                    response_serializer=labelweave_dot_api_dot_v1_dot_api__pb2.Task.SerializeToString,
+            ),
+            'AbandonAnnotation': grpc.unary_unary_rpc_method_handler(
+                    servicer.AbandonAnnotation,
+                    request_deserializer=labelweave_dot_api_dot_v1_dot_api__pb2.AbandonAnnotationRequest.FromString,
                     response_serializer=labelweave_dot_api_dot_v1_dot_api__pb2.Task.SerializeToString,
             ),
             'GetTask': grpc.unary_unary_rpc_method_handler(
@@ -1094,6 +1111,33 @@ class TaskService:
             target,
             '/labelweave.api.v1.TaskService/ReopenTask',
             labelweave_dot_api_dot_v1_dot_api__pb2.ReopenTaskRequest.SerializeToString,
+            labelweave_dot_api_dot_v1_dot_api__pb2.Task.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def AbandonAnnotation(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/labelweave.api.v1.TaskService/AbandonAnnotation',
+            labelweave_dot_api_dot_v1_dot_api__pb2.AbandonAnnotationRequest.SerializeToString,
             labelweave_dot_api_dot_v1_dot_api__pb2.Task.FromString,
             options,
             channel_credentials,

@@ -191,6 +191,8 @@ class TaskServiceStub:
     EditAnnotation: _grpc.UnaryUnaryMultiCallable[_api_pb2.EditAnnotationRequest, _api_pb2.SubmitResponse]
     Review: _grpc.UnaryUnaryMultiCallable[_api_pb2.ReviewRequest, _api_pb2.ReviewResponse]
     ReopenTask: _grpc.UnaryUnaryMultiCallable[_api_pb2.ReopenTaskRequest, _api_pb2.Task]
+    AbandonAnnotation: _grpc.UnaryUnaryMultiCallable[_api_pb2.AbandonAnnotationRequest, _api_pb2.Task]
+    """The author gives up rejected work (not while it is disputed): its slot is freed for others."""
     GetTask: _grpc.UnaryUnaryMultiCallable[_api_pb2.GetTaskRequest, _api_pb2.Task]
     ListTasks: _grpc.UnaryUnaryMultiCallable[_api_pb2.ListTasksRequest, _api_pb2.ListTasksResponse]
     History: _grpc.UnaryUnaryMultiCallable[_api_pb2.HistoryRequest, _api_pb2.HistoryResponse]
@@ -209,6 +211,8 @@ class TaskServiceAsyncStub(TaskServiceStub):
     EditAnnotation: _aio.UnaryUnaryMultiCallable[_api_pb2.EditAnnotationRequest, _api_pb2.SubmitResponse]  # type: ignore[assignment]
     Review: _aio.UnaryUnaryMultiCallable[_api_pb2.ReviewRequest, _api_pb2.ReviewResponse]  # type: ignore[assignment]
     ReopenTask: _aio.UnaryUnaryMultiCallable[_api_pb2.ReopenTaskRequest, _api_pb2.Task]  # type: ignore[assignment]
+    AbandonAnnotation: _aio.UnaryUnaryMultiCallable[_api_pb2.AbandonAnnotationRequest, _api_pb2.Task]  # type: ignore[assignment]
+    """The author gives up rejected work (not while it is disputed): its slot is freed for others."""
     GetTask: _aio.UnaryUnaryMultiCallable[_api_pb2.GetTaskRequest, _api_pb2.Task]  # type: ignore[assignment]
     ListTasks: _aio.UnaryUnaryMultiCallable[_api_pb2.ListTasksRequest, _api_pb2.ListTasksResponse]  # type: ignore[assignment]
     History: _aio.UnaryUnaryMultiCallable[_api_pb2.HistoryRequest, _api_pb2.HistoryResponse]  # type: ignore[assignment]
@@ -272,6 +276,14 @@ class TaskServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _api_pb2.ReopenTaskRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_api_pb2.Task, _abc.Awaitable[_api_pb2.Task]]: ...
+
+    @_abc_1.abstractmethod
+    def AbandonAnnotation(
+        self,
+        request: _api_pb2.AbandonAnnotationRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_api_pb2.Task, _abc.Awaitable[_api_pb2.Task]]:
+        """The author gives up rejected work (not while it is disputed): its slot is freed for others."""
 
     @_abc_1.abstractmethod
     def GetTask(
