@@ -154,7 +154,11 @@ def serve(settings: Settings, *, ready: threading.Event | None = None) -> int:
             )
         if ready is not None:
             ready.set()
-        stop.wait()
+        # Wake up twice a second rather than block: a process-directed SIGTERM may be delivered to
+        # one of grpc's or kafka-python's threads, and then only the main thread's next trip through
+        # the interpreter runs the Python handler; a blocked lock acquire never makes that trip.
+        while not stop.wait(0.5):
+            pass
         running.stop()
         print("labelweave: stopped cleanly", flush=True)
         return 0
