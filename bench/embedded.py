@@ -371,6 +371,19 @@ class Admin:
         )
         return int(project.queue_depth)
 
+    def settled_depth(self, timeout: float = 60.0) -> int:
+        """The queue depth once the projections have caught up with the last phase's leases
+        (two equal reads 100 ms apart): a lagging read would make the refill miss its target."""
+        deadline = time.monotonic() + timeout
+        last = self.queue_depth()
+        while time.monotonic() < deadline:
+            time.sleep(0.1)
+            current = self.queue_depth()
+            if current == last:
+                return current
+            last = current
+        return last
+
     def wait_depth(self, depth: int, timeout: float = 900.0) -> None:
         deadline = time.monotonic() + timeout
         while (current := self.queue_depth()) != depth:
@@ -381,7 +394,7 @@ class Admin:
     def import_tasks(self, n: int) -> ImportStats:
         """Import n new tasks in batches of IMPORT_BATCH, then wait until all of them are queued."""
         stats = ImportStats(tasks=n)
-        target_depth = self.queue_depth() + n
+        target_depth = self.settled_depth() + n
         t_first = time.perf_counter()
         done = 0
         while done < n:
@@ -693,6 +706,104 @@ def baseline_decode(events_db: Path) -> tuple[int, float]:
         conn.close()
 
 
+@dataclass
+class NoopBaseline:
+    """The same NextTask -> Submit loop against a gRPC server whose handlers do nothing."""
+
+    pairs: int
+    seconds: float
+    server_cpu_s: float
+    client_cpu_s: float
+
+    @property
+    def pairs_per_s(self) -> float:
+        return self.pairs / self.seconds if self.seconds > 0 else 0.0
+
+    @property
+    def server_ms_per_pair(self) -> float:
+        return 1000.0 * self.server_cpu_s / max(self.pairs, 1)
+
+    @property
+    def client_ms_per_pair(self) -> float:
+        return 1000.0 * self.client_cpu_s / max(self.pairs, 1)
+
+
+def noop_serve(listen: str) -> int:
+    """A TaskService on the same grpc server set-up as `labelweave serve` (thread pool of 32,
+    metadata read per call) whose NextTask/Submit return a fixed answer: the ceiling of Python
+    gRPC on this machine, with no service, log or projection work at all."""
+    from concurrent import futures
+
+    task = api_pb2.NextTaskResponse(
+        task=api_pb2.Task(task_id="t0000000"), lease=api_pb2.Lease(lease_id="lease", person_id="p")
+    )
+    submitted = api_pb2.SubmitResponse(annotation_id="a", version=1, position="0:1")
+
+    class Noop(api_pb2_grpc.TaskServiceServicer):
+        def NextTask(
+            self, request: api_pb2.NextTaskRequest, context: grpc.ServicerContext
+        ) -> api_pb2.NextTaskResponse:
+            dict(context.invocation_metadata())
+            return task
+
+        def Submit(
+            self, request: api_pb2.SubmitRequest, context: grpc.ServicerContext
+        ) -> api_pb2.SubmitResponse:
+            dict(context.invocation_metadata())
+            return submitted
+
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=32, thread_name_prefix="grpc"))
+    api_pb2_grpc.add_TaskServiceServicer_to_server(Noop(), server)  # type: ignore[abstract]
+    server.add_insecure_port(listen)
+    server.start()
+    print("ready", flush=True)
+    server.wait_for_termination()
+    return 0
+
+
+def baseline_noop_grpc(threads: int, seconds: float) -> NoopBaseline:
+    target = f"127.0.0.1:{free_port()}"
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO_ROOT), os.environ.get("PYTHONPATH")])),
+    }
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "bench.embedded", "--noop-serve", target],
+        stdout=subprocess.PIPE,
+        cwd=REPO_ROOT,
+        env=env,
+    )
+    try:
+        assert proc.stdout is not None
+        if proc.stdout.readline().strip() != b"ready":
+            raise BenchError("the no-op gRPC server did not start")
+        stats = [WorkerStats() for _ in range(threads)]
+        barrier = threading.Barrier(threads + 1)
+        who = [Annotator(f"annotator-{i}", "noop-token") for i in range(threads)]
+        workers = [
+            threading.Thread(
+                target=_work, args=(target, who[i], "noop", seconds, barrier, stats[i]), daemon=True
+            )
+            for i in range(threads)
+        ]
+        for w in workers:
+            w.start()
+        server0, client0 = proc_cpu_seconds(proc.pid), self_cpu_seconds()
+        barrier.wait(timeout=60)
+        t0 = time.perf_counter()
+        for w in workers:
+            w.join(timeout=seconds + 2 * RPC_TIMEOUT)
+        elapsed = max(max(st.finished for st in stats) - t0, 1e-9)
+        server1, client1 = proc_cpu_seconds(proc.pid), self_cpu_seconds()
+        errors = [e for st in stats for e in st.errors]
+        if errors:
+            raise BenchError(f"no-op gRPC baseline: {errors[0]}")
+        return NoopBaseline(sum(st.submits for st in stats), elapsed, server1 - server0, client1 - client0)
+    finally:
+        proc.kill()
+        proc.wait()
+
+
 # ---------------------------------------------------------------------- one size
 
 
@@ -711,6 +822,7 @@ class SizeResult:
     rebuild: RebuildStats
     baselines: Baselines
     baseline_k: int
+    noop: NoopBaseline
     profiles: list[str] = field(default_factory=list)
 
     @property
@@ -775,7 +887,7 @@ def bench_size(
         say(f"[{size:,}] 1 client for {seconds:g} s (load average {loadavg()})")
         one = run_phase(server, heads, annotators, 1, seconds, f"s{size}-c1", *profiling("c1"))
         say(f"[{size:,}]   {one.submits_per_s:,.0f} submits/s, NextTask p99 {one.next_p99_ms:.1f} ms")
-        refill = size - admin.queue_depth()
+        refill = size - admin.settled_depth()
         if refill > 0:
             admin.import_tasks(refill)
 
@@ -806,6 +918,9 @@ def bench_size(
     say(f"[{size:,}] baselines: {k:,} single-row transactions, read+decode of {log_events:,} events")
     ins_rows, ins_s = baseline_inserts(events_db, workdir / f"baseline-{size}.db", k)
     dec_rows, dec_s = baseline_decode(events_db)
+    say(f"[{size:,}] baseline: no-op gRPC server, {threads} clients for {seconds:g} s")
+    noop = baseline_noop_grpc(threads, seconds)
+    say(f"[{size:,}]   {noop.pairs_per_s:,.0f} NextTask+Submit pairs/s")
     return SizeResult(
         size=size,
         loadavg_before=before,
@@ -820,6 +935,7 @@ def bench_size(
         rebuild=rebuild,
         baselines=Baselines(ins_rows, ins_s, dec_rows, dec_s),
         baseline_k=k,
+        noop=noop,
         profiles=profiles,
     )
 
@@ -874,6 +990,13 @@ def render_table(results: Sequence[SizeResult], threads: int) -> str:
             "CPU % server / client, 1 client",
             [f"{r.one.server_cpu_pct:.0f} / {r.one.client_cpu_pct:.0f}" for r in results],
         ),
+        (
+            f"server CPU ms per NextTask+Submit, {threads} cl.",
+            [
+                _ms(r.many.server_cpu_pct * r.many.seconds / 100.0 / max(r.many.submits, 1) * 1000)
+                for r in results
+            ],
+        ),
         ("server RSS MB after load (VmRSS)", [f"{r.rss_mb:.0f}" for r in results]),
         ("server peak RSS MB (VmHWM)", [f"{r.hwm_mb:.0f}" for r in results]),
         ("rebuild events", [_n(r.rebuild.events) for r in results]),
@@ -895,6 +1018,15 @@ def render_table(results: Sequence[SizeResult], threads: int) -> str:
         (
             "ratio rebuild / read+decode",
             [f"{r.rebuild.rate / max(r.baselines.decodes_per_s, 1e-9):.3f}" for r in results],
+        ),
+        (f"baseline: no-op gRPC server, pairs/s, {threads} cl.", [_n(r.noop.pairs_per_s) for r in results]),
+        (
+            "  its CPU ms per pair, server / client",
+            [f"{_ms(r.noop.server_ms_per_pair)} / {_ms(r.noop.client_ms_per_pair)}" for r in results],
+        ),
+        (
+            f"ratio submits/s ({threads} cl.) / no-op gRPC pairs/s",
+            [f"{r.many.submits_per_s / max(r.noop.pairs_per_s, 1e-9):.3f}" for r in results],
         ),
         ("NextTask returned no task (count)", [f"{r.one.empty} / {r.many.empty}" for r in results]),
         (
@@ -1195,6 +1327,8 @@ def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv[:1] == ["--profiled-serve"]:
         return profiled_serve(Path(argv[1]), argv[2:])
+    if argv[:1] == ["--noop-serve"]:
+        return noop_serve(argv[1])
     args = parse_args(argv)
     workdir = Path(tempfile.mkdtemp(prefix="labelweave-bench-", dir=args.workdir))
     profile_dir = Path(args.profile_server).resolve() if args.profile_server else None
@@ -1266,6 +1400,7 @@ def main(argv: list[str] | None = None) -> int:
                         "events_per_s_many": r.many.events_per_s,
                         "baseline_inserts_per_s": r.baselines.inserts_per_s,
                         "baseline_decodes_per_s": r.baselines.decodes_per_s,
+                        "baseline_noop_grpc_pairs_per_s": r.noop.pairs_per_s,
                     }
                 }
                 for r in results

@@ -257,6 +257,7 @@ class ProjectionRunner:
         self.failures = 0
         """Number of (event, view) applications skipped because the view raised."""
         self._cond = threading.Condition()
+        self._waiting = 0  # callers blocked in wait_for: the loop stops lingering for them
         self._run_lock = threading.Lock()  # one batch at a time (background thread or callers)
         self._applied: dict[int, int] = store.checkpoint(consumer)
         self._stop = threading.Event()
@@ -376,7 +377,14 @@ class ProjectionRunner:
                 if self.run_once() == 0:
                     self.log.wait(self.applied, min(remaining, 0.5))
         with self._cond:
-            return self._cond.wait_for(reached, timeout=max(0.0, deadline - time.monotonic()))
+            if reached():
+                return True
+            self._waiting += 1
+            self._cond.notify_all()  # cut the loop's linger short: someone waits for this position
+            try:
+                return self._cond.wait_for(reached, timeout=max(0.0, deadline - time.monotonic()))
+            finally:
+                self._waiting -= 1
 
     # ------------------------------------------------------------------ background
 
@@ -391,6 +399,8 @@ class ProjectionRunner:
 
     def stop(self, timeout: float = 5.0) -> None:
         self._stop.set()
+        with self._cond:
+            self._cond.notify_all()
         thread = self._thread
         if thread is not None:
             thread.join(timeout)
@@ -409,7 +419,10 @@ class ProjectionRunner:
                 elif applied < self.batch_size and self.linger > 0:
                     # Under a trickle of events, committing per event costs more than the
                     # events; a few milliseconds of lag buys batches (and store commits) 10x larger.
-                    self._stop.wait(self.linger)
+                    # A caller waiting in `wait_for` (read-your-writes of an admin change) ends
+                    # the linger at once, so only unobserved work waits for a fuller batch.
+                    with self._cond:
+                        self._cond.wait_for(lambda: self._waiting > 0 or self._stop.is_set(), self.linger)
                 backoff = 0.1
             except Exception:  # keep tailing; the store or log may come back
                 logger.exception(

@@ -17,6 +17,7 @@ from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from typing import Any
 
 from google.protobuf.message import Message
 
@@ -84,6 +85,7 @@ class CommandBus:
         self._cache_size = cache_size
         self._lock = threading.Lock()
         self._max_attempts = max_attempts
+        self._counters: dict[str, Any] = {}  # outcome -> its labelled counter (labels() per call is slow)
 
     # ------------------------------------------------------------------ state
 
@@ -287,4 +289,7 @@ class CommandBus:
 
     def _count(self, outcome: str) -> None:
         if self._metrics is not None:
-            self._metrics.commands_total.labels(outcome).inc()
+            counter = self._counters.get(outcome)
+            if counter is None:
+                counter = self._counters[outcome] = self._metrics.commands_total.labels(outcome)
+            counter.inc()

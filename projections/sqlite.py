@@ -21,6 +21,7 @@ import sqlite3
 import threading
 from collections.abc import Iterable, Sequence
 from pathlib import Path
+from typing import NamedTuple
 
 from coordinator.errors import InvalidArgument
 from coordinator.eventlog.base import Checkpoint
@@ -47,6 +48,13 @@ CREATE TABLE IF NOT EXISTS checkpoints (
 """
 
 _PREFIX = "sqlite:///"
+
+
+class Prepared(NamedTuple):
+    """A commit's rows, encoded and sorted by key (`SqliteStore.prepare_commit`)."""
+
+    puts: list[tuple[str, str, str, str]]
+    deletes: list[tuple[str, str, str]]
 
 
 def path_of(url: str) -> str:
@@ -161,28 +169,48 @@ class SqliteStore(ProjectionStore):
     # ------------------------------------------------------------------ writes
 
     def commit(self, consumer: str, changes: Sequence[Change], checkpoint: Checkpoint) -> None:
+        self.commit_prepared(consumer, self.prepare_commit(changes), checkpoint)
+
+    def prepare_commit(self, changes: Sequence[Change]) -> Prepared:
+        """The CPU half of a commit: JSON-encode and key-sort the rows (no reference to the
+        documents is kept, so the caller may go on editing them). `consumers.rebuild` calls this
+        and `commit_prepared` apart, so the write of batch k overlaps the views of batch k + 1."""
         # Only the last change per key matters, so runs collapse into two executemany calls.
         last: dict[tuple[str, str, str], str | None] = {}
         for ch in changes:
-            if isinstance(ch, Put):
+            if type(ch) is Put:
+                last[ch[:3]] = _dumps(ch.value)
+            elif type(ch) is Delete:
+                last[ch[:3]] = None
+            elif isinstance(ch, Put):  # pragma: no cover - a subclass
                 last[(ch.collection, ch.pk, ch.sk)] = _dumps(ch.value)
-            elif isinstance(ch, Delete):
+            elif isinstance(ch, Delete):  # pragma: no cover - a subclass
                 last[(ch.collection, ch.pk, ch.sk)] = None
             else:  # pragma: no cover - defensive
                 raise TypeError(f"not a change: {ch!r}")
         # Key order makes the B-tree writes sequential (much faster for big batches).
-        puts = sorted((c, p, s, v) for (c, p, s), v in last.items() if v is not None)
-        deletes = sorted(key for key, v in last.items() if v is None)
+        puts = sorted([(c, p, s, v) for (c, p, s), v in last.items() if v is not None])
+        deletes = sorted([key for key, v in last.items() if v is None])
+        return Prepared(puts, deletes)
+
+    def commit_prepared(
+        self, consumer: str, prepared: Prepared, checkpoint: Checkpoint, *, bulk: bool = False
+    ) -> None:
+        """The I/O half: rows and checkpoint in one transaction (thread-safe). `bulk` (a rebuild
+        into a fresh store) changes nothing here: a SQLite transaction is atomic either way."""
         cps = [(consumer, int(p), int(o)) for p, o in checkpoint.items()]
         with self._write_lock:
             conn = self._writer
             conn.execute("BEGIN IMMEDIATE")
             try:
-                if deletes:
-                    conn.executemany("DELETE FROM docs WHERE collection=? AND pk=? AND sk=?", deletes)
-                if puts:
+                if prepared.deletes:
                     conn.executemany(
-                        "INSERT OR REPLACE INTO docs (collection, pk, sk, value) VALUES (?,?,?,?)", puts
+                        "DELETE FROM docs WHERE collection=? AND pk=? AND sk=?", prepared.deletes
+                    )
+                if prepared.puts:
+                    conn.executemany(
+                        "INSERT OR REPLACE INTO docs (collection, pk, sk, value) VALUES (?,?,?,?)",
+                        prepared.puts,
                     )
                 if cps:
                     conn.executemany(
