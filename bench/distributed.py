@@ -4,6 +4,7 @@
     python -m bench.distributed --quick          # 3,000 events, 1 round, 2 s phases (CI smoke test, < 60 s)
     python -m bench.distributed --events 100000 --repeat 5 --json out.json
     python -m bench.distributed --profile-rebuild /tmp/rebuild.prof   # + cProfile of each rebuild
+    python -m bench.distributed --rebuild-workers 1   # the rebuild in one process (default 2)
 
 The performance goals of the distributed-backend issue, measured side by side in one run against
 the same broker and node. Every round builds the same realistic history (a project, 8 annotators,
@@ -19,10 +20,12 @@ them), then measures in this order:
    the broker's ack of each append's records);
 4. baseline: a raw read_committed `KafkaConsumer` reading every event partition of log 2 from the
    beginning and decoding every value with `codec.decode`;
-5. `consumers.rebuild.rebuild(KafkaEventLog(url), CassandraStore(...))` of log 2 into a fresh
-   migrated keyspace, timed from opening the log (which fills its replica from Kafka) to the last
-   commit, then an embedded rebuild of the same log into a `MemoryStore`, whose checksum must
-   match the Cassandra one.
+5. `consumers.rebuild.rebuild_from_kafka(url, "cassandra://…", workers=2)` of log 2 into a fresh
+   migrated keyspace: the event topics read directly (`KafkaReplay`, no replica index) by
+   `--rebuild-workers` processes split by partition, timed by its `RebuildResult.seconds` (head,
+   TRUNCATE, starting the workers, replay, commits; the checksum after it is timed apart); then,
+   untimed, the same log opened as a `KafkaEventLog` (replica filled from Kafka) and rebuilt into
+   a `MemoryStore` in this process, whose checksum must match the Cassandra one.
 
 Topics (`lwbench-<run>-<round>-*`) and keyspaces (`lwbench_<run>_<round>`) are created per round
 and deleted at its end. Goals are printed as PASS/MISS, never asserted. Exit status 0 when the
@@ -69,6 +72,8 @@ QUICK_SECONDS = 2.0
 IMPORT_BATCH = 500
 """Appends per `append_many` call: ImportTasks-sized."""
 THREADS = 8
+DEFAULT_REBUILD_WORKERS = 2
+"""Processes of the rebuild (`rebuild_from_kafka`): one per core of the reference machine."""
 ANNOTATORS = 8
 EVENTS_PER_TASK = 5
 PROJECT = "bench"
@@ -485,6 +490,57 @@ def baseline_append(bootstrap: str, layout: KafkaLayout, work: Workload) -> Appe
     return AppendStats(work.timed_events, len(work.timed), seconds, cpu_seconds)
 
 
+def reference_txn_readback(bootstrap: str, layout: KafkaLayout, work: Workload) -> AppendStats:
+    """Reference for `append_many`: the least its design does per call of 500 appends, with raw
+    clients. One transactional producer (acks=all, idempotent) sends the call's records in ONE
+    transaction (the log has one per partition) and commits; then a read_committed consumer reads
+    them back up to the committed offsets (the log acknowledges only once its tailer has read that
+    far, so that the events are visible to every reader). No decoding, no checks, no index."""
+    from kafka import KafkaConsumer, KafkaProducer, TopicPartition
+
+    producer = KafkaProducer(
+        bootstrap_servers=bootstrap,
+        client_id="lwbench-txn",
+        acks="all",
+        enable_idempotence=True,
+        transactional_id=f"lwbench-txn-{uuid.uuid4().hex[:8]}",
+    )
+    consumer = KafkaConsumer(
+        bootstrap_servers=bootstrap,
+        client_id="lwbench-readback",
+        group_id=None,
+        enable_auto_commit=False,
+        isolation_level="read_committed",
+    )
+    tp = [layout.topic_partition(vp) for vp in range(layout.virtual_partitions)]
+    tps = [TopicPartition(*t) for t in tp]
+    try:
+        producer.init_transactions()
+        consumer.assign(tps)
+        consumer.seek_to_end(*tps)
+        for t in tps:
+            consumer.position(t)
+        t0, c0 = time.perf_counter(), cpu()
+        for i in range(0, len(work.timed), IMPORT_BATCH):
+            producer.begin_transaction()
+            futures = [
+                (vp, producer.send(tp[vp][0], key=key, value=value, partition=tp[vp][1]))
+                for r in work.timed[i : i + IMPORT_BATCH]
+                for vp, key, value in work.records_of[r.command_id]
+            ]
+            producer.commit_transaction()
+            wanted: dict[int, int] = {}
+            for vp, future in futures:
+                wanted[vp] = max(wanted.get(vp, 0), int(future.get(timeout=30).offset) + 1)
+            while any(consumer.position(tps[vp]) < off for vp, off in wanted.items()):
+                consumer.poll(timeout_ms=100)
+        seconds, cpu_seconds = time.perf_counter() - t0, cpu() - c0
+    finally:
+        consumer.close()
+        producer.close(timeout=10)
+    return AppendStats(work.timed_events, len(work.timed), seconds, cpu_seconds)
+
+
 def baseline_append_threads(
     bootstrap: str, layout: KafkaLayout, work: Workload, threads: int, seconds: float
 ) -> AppendStats:
@@ -626,33 +682,26 @@ def baseline_consume(bootstrap: str, layout: KafkaLayout) -> tuple[int, float, f
 @dataclass
 class RebuildStats:
     events: int
-    open_seconds: float
-    """Opening the Kafka log: topics checked, the replica filled from Kafka (read_committed)."""
+    workers: int
+    """Processes `rebuild_from_kafka` used (this one included; fewer than `--rebuild-workers` for a
+    log too small to be worth a process start, as `--quick`'s)."""
     rebuild_seconds: float
-    """`rebuild()`'s own `seconds`: TRUNCATE of the keyspace, replay and commits (no checksum)."""
+    """`RebuildResult.seconds`: end offsets, TRUNCATE of the keyspace, starting the worker processes,
+    reading the topics, replay and commits (no checksum)."""
     cpu_seconds: float
-    """CPU of this process while opening the log and rebuilding (Cassandra's is not included)."""
+    """CPU of this process while rebuilding (the worker processes' and Cassandra's not included)."""
     checksum_seconds: float
     """`checksum()` of the rebuilt keyspace (verification, not part of the rate)."""
+    replica_seconds: float
+    """Opening the same log as a `KafkaEventLog` (replica filled from Kafka), for the comparison
+    rebuild into memory: what a rebuild through the log would pay first (not in the rate)."""
     memory_events: int
     memory_seconds: float
     match: bool
     checksum: str
 
     @property
-    def seconds(self) -> float:
-        return self.open_seconds + self.rebuild_seconds
-
-    @property
     def events_per_s(self) -> float:
-        return rate(self.events, self.seconds)
-
-    @property
-    def cpu_us_per_event(self) -> float:
-        return rate(self.cpu_seconds * 1e6, self.events)
-
-    @property
-    def replay_events_per_s(self) -> float:
         return rate(self.events, self.rebuild_seconds)
 
     @property
@@ -673,22 +722,19 @@ class _ViewFailures(logging.Handler):
         self.first = self.first or record.getMessage()
 
 
-def subject_rebuild(log_url: str, store_url: str, profile: Path | None) -> RebuildStats:
-    from consumers.rebuild import rebuild
+def subject_rebuild(log_url: str, store_url: str, workers: int, profile: Path | None) -> RebuildStats:
+    """`rebuild_from_kafka(url, store_url, workers=...)`: the event topics read directly
+    (`KafkaReplay`, no replica index) by `workers` processes, split by partition, into a fresh
+    keyspace; `RebuildResult.seconds` is the rate's time (reading the head, TRUNCATE, starting the
+    workers, replay, commits; not the checksum). Then, untimed, the same log opened as a
+    `KafkaEventLog` (replica filled from Kafka) and rebuilt in this process into a `MemoryStore`:
+    the two paths must give the same checksum."""
+    from consumers.rebuild import rebuild, rebuild_from_kafka
     from projections import migrate
     from projections.cassandra import CassandraStore
     from projections.memory import MemoryStore
 
-    class Store(CassandraStore):
-        """Defers the checksum `rebuild()` computes at its end, so it is timed (and profiled) apart."""
-
-        deferred = True
-
-        def checksum(self) -> str:
-            return "" if self.deferred else super().checksum()
-
     migrate.migrate(store_url, out=lambda _msg: None)
-    store = Store(store_url)
     failures = _ViewFailures()
     logging.getLogger("consumers.rebuild").addHandler(failures)
     profiler = cProfile.Profile() if profile is not None else None
@@ -697,33 +743,37 @@ def subject_rebuild(log_url: str, store_url: str, profile: Path | None) -> Rebui
     try:
         if profiler is not None:
             profiler.enable()
-        t0, c0 = time.perf_counter(), cpu()
-        log = open_log(log_url)
-        open_seconds = time.perf_counter() - t0
+        c0 = cpu()
+        result = rebuild_from_kafka(log_url, store_url, workers=workers, checksum=False)
+        cpu_seconds = cpu() - c0
+        if profiler is not None:
+            profiler.disable()
+            profiler.dump_stats(str(profile))
+        t0 = time.perf_counter()
+        store = CassandraStore(store_url)
         try:
-            result = rebuild(log, store)
-            cpu_seconds = cpu() - c0
-            if profiler is not None:
-                profiler.disable()
-                profiler.dump_stats(str(profile))
-            store.deferred = False
-            t0 = time.perf_counter()
             checksum = store.checksum()
-            checksum_seconds = time.perf_counter() - t0
+        finally:
+            store.close()
+        checksum_seconds = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        log = open_log(log_url)
+        replica_seconds = time.perf_counter() - t0
+        try:
             memory = rebuild(log, MemoryStore())
         finally:
             log.close()
     finally:
         logging.getLogger("consumers.rebuild").removeHandler(failures)
-        store.close()
     if failures.count:
         raise BenchError(f"rebuild: {failures.count} view failures, first: {failures.first}")
     return RebuildStats(
         events=result.events,
-        open_seconds=open_seconds,
+        workers=result.processes,
         rebuild_seconds=result.seconds,
         cpu_seconds=cpu_seconds,
         checksum_seconds=checksum_seconds,
+        replica_seconds=replica_seconds,
         memory_events=memory.events,
         memory_seconds=memory.seconds,
         match=checksum == memory.checksum,
@@ -747,6 +797,7 @@ class RoundResult:
     loadavg_before: str
     raw: AppendStats
     many: AppendStats
+    txn: AppendStats
     threads: AppendStats
     raw_threads: AppendStats
     consume_events: int
@@ -792,6 +843,9 @@ def run_round(args: argparse.Namespace, run_id: str, index: int, say: Callable[[
         say(f"{tag} KafkaEventLog.append_many x{IMPORT_BATCH}")
         many = subject_append_many(kafka_url(args.kafka, prefixes["many"]), work)
         say(f"{tag}   {many.events_per_s:,.0f} events/s")
+        say(f"{tag} reference: raw transactional producer + read back, x{IMPORT_BATCH}")
+        txn = reference_txn_readback(args.kafka, layouts["raw"], work)
+        say(f"{tag}   {txn.events_per_s:,.0f} events/s")
         say(f"{tag} raw producer, {THREADS} threads, ack per append, {args.seconds:g} s")
         raw_threads = baseline_append_threads(args.kafka, layouts["raw"], work, THREADS, args.seconds)
         say(f"{tag}   {raw_threads.events_per_s:,.0f} events/s")
@@ -804,11 +858,15 @@ def run_round(args: argparse.Namespace, run_id: str, index: int, say: Callable[[
         if consume_n != work.total_events:
             raise BenchError(f"the raw consumer read {consume_n} events, the log has {work.total_events}")
         say(f"{tag}   {rate(consume_n, consume_s):,.0f} events/s")
-        say(f"{tag} rebuild of the same log into Cassandra (keyspace {keyspace}), then into memory")
+        say(
+            f"{tag} rebuild of the same log into Cassandra (keyspace {keyspace}, {args.rebuild_workers}"
+            " processes), then into memory"
+        )
         profile = Path(args.profile_rebuild).with_suffix(f".{index}.prof") if args.profile_rebuild else None
         rebuilt = subject_rebuild(
             kafka_url(args.kafka, prefixes["many"], decider="false", create_topics="false"),
             f"cassandra://{args.cassandra}/{keyspace}",
+            args.rebuild_workers,
             profile,
         )
         verdict = "MATCH" if rebuilt.match else "MISMATCH"
@@ -820,7 +878,9 @@ def run_round(args: argparse.Namespace, run_id: str, index: int, say: Callable[[
         delete_topics(args.kafka, list(prefixes.values()))
         with contextlib.suppress(Exception):
             drop_keyspace(args.cassandra, keyspace)
-    return RoundResult(before, raw, many, threads, raw_threads, consume_n, consume_s, consume_cpu, rebuilt)
+    return RoundResult(
+        before, raw, many, txn, threads, raw_threads, consume_n, consume_s, consume_cpu, rebuilt
+    )
 
 
 # ---------------------------------------------------------------------- report
@@ -852,6 +912,13 @@ def render_table(results: Sequence[RoundResult], seconds: float) -> str:
         row(f"append_many x{IMPORT_BATCH}, events/s", lambda r: r.many.events_per_s),
         row(f"append_many x{IMPORT_BATCH}, appends/s", lambda r: r.many.appends_per_s),
         row("ratio append_many / raw producer", lambda r: r.ratio_many, _r),
+        row(f"reference: raw txn producer + read back x{IMPORT_BATCH}", lambda r: r.txn.events_per_s),
+        row(
+            "ratio that reference / raw producer", lambda r: rate(r.txn.events_per_s, r.raw.events_per_s), _r
+        ),
+        row(
+            "ratio append_many / that reference", lambda r: rate(r.many.events_per_s, r.txn.events_per_s), _r
+        ),
         row(f"append, {THREADS} threads, events/s ({seconds:g} s)", lambda r: r.threads.events_per_s),
         row(f"append, {THREADS} threads, appends/s", lambda r: r.threads.appends_per_s),
         row(f"ratio append ({THREADS} thr.) / raw producer", lambda r: r.ratio_threads, _r),
@@ -859,25 +926,35 @@ def render_table(results: Sequence[RoundResult], seconds: float) -> str:
         row(f"ratio append ({THREADS} thr.) / that reference", lambda r: r.ratio_threads_sync, _r),
         row("CPU us/event: raw producer", lambda r: r.raw.cpu_us_per_event),
         row(f"CPU us/event: append_many x{IMPORT_BATCH}", lambda r: r.many.cpu_us_per_event),
+        row("CPU us/event: raw txn producer + read back", lambda r: r.txn.cpu_us_per_event),
         row(f"CPU us/event: append, {THREADS} threads", lambda r: r.threads.cpu_us_per_event),
         row("log events (setup + timed)", lambda r: r.consume_events),
         row("baseline: raw consume + decode events/s", lambda r: r.consume_events_per_s),
-        row("rebuild: open log, fill replica, s", lambda r: r.rebuild.open_seconds, lambda x: f"{x:.2f}"),
+        row("rebuild: worker processes", lambda r: r.rebuild.workers),
         row(
-            "rebuild: rebuild() into Cassandra, s", lambda r: r.rebuild.rebuild_seconds, lambda x: f"{x:.2f}"
+            "rebuild: rebuild_from_kafka() into Cassandra, s",
+            lambda r: r.rebuild.rebuild_seconds,
+            lambda x: f"{x:.2f}",
         ),
-        row("rebuild events/s (open + rebuild)", lambda r: r.rebuild.events_per_s),
+        row("rebuild events/s", lambda r: r.rebuild.events_per_s),
         row("ratio rebuild / raw consume + decode", lambda r: r.ratio_rebuild, _r),
-        row("rebuild() alone, events/s", lambda r: r.rebuild.replay_events_per_s),
         row(
             "checksum of the rebuilt keyspace, s", lambda r: r.rebuild.checksum_seconds, lambda x: f"{x:.2f}"
         ),
-        row("same replica into MemoryStore, events/s", lambda r: r.rebuild.memory_events_per_s),
+        row(
+            "(not timed) KafkaEventLog open, fill replica, s",
+            lambda r: r.rebuild.replica_seconds,
+            lambda x: f"{x:.2f}",
+        ),
+        row("(not timed) its replica into MemoryStore, events/s", lambda r: r.rebuild.memory_events_per_s),
         row(
             "CPU us/event: raw consume + decode",
             lambda r: rate(r.consume_cpu_seconds * 1e6, r.consume_events),
         ),
-        row("CPU us/event: rebuild (open + rebuild)", lambda r: r.rebuild.cpu_us_per_event),
+        row(
+            "CPU us/event: rebuild, this process only",
+            lambda r: rate(r.rebuild.cpu_seconds * 1e6, r.rebuild.events),
+        ),
         (
             "checksum vs embedded rebuild",
             ["MATCH" if r.rebuild.match else "MISMATCH" for r in results]
@@ -985,6 +1062,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         default=os.environ.get("LABELWEAVE_CASSANDRA", "127.0.0.1:9042"),
         help="contact point HOST:PORT (default: $LABELWEAVE_CASSANDRA or %(default)s)",
     )
+    p.add_argument(
+        "--rebuild-workers",
+        type=int,
+        default=DEFAULT_REBUILD_WORKERS,
+        help="processes of the Kafka -> Cassandra rebuild, split by partition (default %(default)s)",
+    )
     p.add_argument("--json", default=None, help="also write the results as JSON to this file")
     p.add_argument(
         "--profile-rebuild",
@@ -1005,6 +1088,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         p.error("--repeat must be at least 1")
     if args.seconds <= 0:
         p.error("--seconds must be positive")
+    if args.rebuild_workers < 1:
+        p.error("--rebuild-workers must be at least 1")
     return args
 
 
@@ -1036,7 +1121,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"  {key:<9} {value}")
     print(
         f"  workload  {args.events:,} timed events per round (tasks of 5 events in 3 appends),"
-        f" {args.repeat} round(s), threaded phases {args.seconds:g} s"
+        f" {args.repeat} round(s), threaded phases {args.seconds:g} s,"
+        f" rebuild in {args.rebuild_workers} process(es)"
     )
     print(f"  load avg  {loadavg()} at the end; total run {time.perf_counter() - started:.0f} s")
     print()

@@ -17,19 +17,27 @@ complete: a document it does not hold does not exist. Two things follow, used he
   rebuild that fails is run again from scratch. Batch k + 1 only reads documents from the cache
   (which holds batch k's writes before they land), except after a view failure or a cache
   eviction, and both first wait for the write in flight.
+
+The log is read through `log.read` (any `EventLog`), or from a `ReplaySource`: the Kafka log's
+`KafkaReplay` reads the event topics directly instead of filling a replica index first.
+`rebuild_from_kafka` uses it to split a rebuild by partition over several processes (one core
+each), which the single-writer rule makes safe: each process's cache is complete for the
+documents its partitions write, and no other process writes them.
 """
 
 from __future__ import annotations
 
 import gc
 import logging
+import multiprocessing
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, Protocol, runtime_checkable
 
 from consumers.runner import DocCache, apply_batch, check_views, checkpoint_of
+from coordinator.errors import InvalidArgument, Unavailable
 from coordinator.eventlog.base import Checkpoint, EventLog, RecordedEvent
 from projections.base import Change, Delete, ProjectionStore, View
 
@@ -37,6 +45,10 @@ logger = logging.getLogger(__name__)
 
 CACHE_CAPACITY = 250_000
 """Documents the rebuild keeps in its cache (`DocCache.capacity`)."""
+SPLIT_MIN_EVENTS = 20_000
+"""`rebuild_from_kafka` starts another process only for this many events (records up to the
+head) per process: a worker takes about a second to start (spawn, imports, connections), what one
+process replays 5,000-7,000 events in."""
 
 
 @dataclass(frozen=True)
@@ -46,6 +58,8 @@ class RebuildResult:
     """Wall time of clearing and replaying (excluding the final checksum)."""
     checksum: str
     checkpoint: dict[int, int]
+    processes: int = 1
+    """Processes that replayed the log (`rebuild_from_kafka`)."""
 
     @property
     def rate(self) -> float:
@@ -64,15 +78,26 @@ class PipelinedStore(Protocol):
     ) -> None: ...
 
 
+@runtime_checkable
+class ReplaySource(Protocol):
+    """A source of the whole log that is not an `EventLog`: the events up to a head fixed when it
+    was opened, in batches of at most `size` (each partition in offset order), read once. The Kafka
+    log's `coordinator.eventlog.kafka_replay.KafkaReplay` reads the topics directly, without the
+    replica index a `KafkaEventLog` fills before it can be read."""
+
+    def batches(self, size: int) -> Iterator[list[RecordedEvent]]: ...
+
+
 def rebuild(
-    log: EventLog,
+    log: EventLog | ReplaySource,
     store: ProjectionStore,
     views: Sequence[View] | None = None,
     *,
     consumer: str = "embedded",
     batch_size: int | None = None,
 ) -> RebuildResult:
-    """Clear `store` and replay `log` into it; `batch_size` events per commit (default 5,000, or
+    """Clear `store` and replay `log` (an `EventLog`, or a `ReplaySource` such as `KafkaReplay`)
+    into it; `batch_size` events per commit (default 5,000, or
     10,000 for a `PipelinedStore`: fewer pipeline fill-and-drain cycles, ~10 % faster on Cassandra)."""
     if batch_size is None:
         batch_size = 10_000 if isinstance(store, PipelinedStore) else 5_000
@@ -163,9 +188,44 @@ class _RebuildCache(DocCache):
         return out
 
 
+def _read_log(log: EventLog, batch_size: int) -> Iterator[list[RecordedEvent]]:
+    """The log up to its head as of the start, in `read()` pages (events appended meanwhile are
+    read, not returned)."""
+    target = {p: o for p, o in log.head().items() if o > 0}
+    cursor: dict[int, int] = {}  # what has been read
+    while any(cursor.get(p, 0) < o for p, o in target.items()):
+        batch = log.read(cursor, batch_size)
+        if not batch:
+            return
+        cursor.update(checkpoint_of(batch))
+        events = [ev for ev in batch if ev.position.offset <= target.get(ev.position.partition, 0)]
+        if events:
+            yield events
+
+
 def _rebuild(
-    log: EventLog, store: ProjectionStore, views: Sequence[View], consumer: str, batch_size: int
+    log: EventLog | ReplaySource,
+    store: ProjectionStore,
+    views: Sequence[View],
+    consumer: str,
+    batch_size: int,
 ) -> RebuildResult:
+    t0 = time.perf_counter()
+    store.clear()
+    source = log.batches(batch_size) if isinstance(log, ReplaySource) else _read_log(log, batch_size)
+    total, failures = _replay(source, store, views, consumer)
+    seconds = time.perf_counter() - t0
+    if failures:
+        logger.warning("rebuild: %d (event, view) applications failed and were skipped", failures)
+    return RebuildResult(
+        events=total, seconds=seconds, checksum=store.checksum(), checkpoint=store.checkpoint(consumer)
+    )
+
+
+def _replay(
+    source: Iterable[list[RecordedEvent]], store: ProjectionStore, views: Sequence[View], consumer: str
+) -> tuple[int, int]:
+    """Apply and commit every batch of `source` into the (cleared) store: (events, view failures)."""
     failures = 0
 
     def on_error(view: View, ev: RecordedEvent, exc: BaseException) -> None:
@@ -175,22 +235,11 @@ def _rebuild(
             "rebuild: view %s failed on event at %s (%s); skipped: %r", view.name, ev.position, ev.type, exc
         )
 
-    t0 = time.perf_counter()
-    store.clear()
     writer = _Writer(store, consumer)
     try:
         cache = _RebuildCache(writer.wait)
-        target = {p: o for p, o in log.head().items() if o > 0}
-        cursor: dict[int, int] = {}  # what has been read (events past the target are read, not applied)
         total = 0
-        while any(cursor.get(p, 0) < o for p, o in target.items()):
-            batch = log.read(cursor, batch_size)
-            if not batch:
-                break
-            cursor.update(checkpoint_of(batch))
-            events = [ev for ev in batch if ev.position.offset <= target.get(ev.position.partition, 0)]
-            if not events:
-                continue
+        for events in source:
             tx = apply_batch(store, views, events, on_error, cache)
             changes = cache.without_noop_deletes(tx.changes()) if cache.complete else tx.changes()
             writer.commit(changes, checkpoint_of(events))
@@ -199,9 +248,182 @@ def _rebuild(
         writer.wait()
     finally:
         writer.close()
-    seconds = time.perf_counter() - t0
-    if failures:
-        logger.warning("rebuild: %d (event, view) applications failed and were skipped", failures)
-    return RebuildResult(
-        events=total, seconds=seconds, checksum=store.checksum(), checkpoint=store.checkpoint(consumer)
-    )
+    return total, failures
+
+
+# ---------------------------------------------------------------------- Kafka: several processes
+
+
+def rebuild_from_kafka(
+    log_url: str,
+    store_url: str,
+    *,
+    workers: int = 2,
+    consumer: str = "embedded",
+    batch_size: int | None = None,
+    checksum: bool = True,
+) -> RebuildResult:
+    """Clear the store at `store_url` and rebuild it from the event topics of the Kafka log at
+    `log_url`, read directly (`KafkaReplay`: no replica index), split over `workers` processes.
+
+    The split is by virtual partition, which the single-writer rule makes safe
+    (docs/architecture.md): every document is written from one partition, so each worker's
+    document cache is complete for what it writes and the workers never write the same row, as
+    the faust workers that own disjoint partitions. This process replays the first share itself
+    and starts the others (`spawn`: nothing of this process's threads or connections is
+    inherited), at most one per `SPLIT_MIN_EVENTS` records and only into a store several
+    processes can write at once (Cassandra: a `PipelinedStore`); partitions are dealt out by size
+    (records up to the head), largest first. Every worker replays up to the same head, fixed here
+    when the rebuild starts, and commits its own partitions' checkpoints with its batches (bulk
+    commits: a worker that fails leaves the store refusing to resume until it is rebuilt, see
+    `rebuild`). Any worker failing fails the rebuild.
+    `workers=1` is `rebuild(KafkaReplay.from_url(log_url), open_store(store_url))`.
+    `checksum=False` leaves `RebuildResult.checksum` empty (it reads the whole store back).
+    """
+    from coordinator.eventlog.kafka_layout import KafkaLayout
+    from coordinator.eventlog.kafka_replay import KafkaReplay
+    from projections.factory import open_store
+
+    if workers < 1:
+        raise InvalidArgument(f"workers must be >= 1, got {workers}", field="workers")
+    layout = KafkaLayout.from_url(log_url)
+    store = open_store(store_url)
+    try:
+        t0 = time.perf_counter()
+        with KafkaReplay(layout) as probe:
+            ends = probe.head()
+        processes = max(1, min(workers, sum(ends.values()) // max(SPLIT_MIN_EVENTS, 1)))
+        if not isinstance(store, PipelinedStore):
+            processes = 1  # a memory store is this process's own; SQLite has one writer at a time
+        shares = _deal([vp for vp, end in ends.items() if end > 0], ends, processes)
+        store.clear()
+        context = multiprocessing.get_context("spawn")
+        children: list[tuple[list[int], Any, Any]] = []
+        try:
+            for vps in shares[1:]:
+                receive, send = context.Pipe(duplex=False)
+                process = context.Process(
+                    target=_kafka_worker,
+                    args=(log_url, store_url, vps, ends, consumer, batch_size, _log_levels(), send),
+                    name=f"rebuild-worker-{vps[0]}",
+                    daemon=True,
+                )
+                process.start()
+                send.close()
+                children.append((vps, process, receive))
+            mine = shares[0] if shares else []
+            total, failures = _replay_partitions(layout, store, mine, ends, consumer, batch_size)
+            errors: list[str] = []
+            for vps, process, receive in children:
+                try:
+                    outcome = receive.recv()
+                except EOFError:
+                    outcome = ("error", f"the worker process exited with code {process.exitcode}")
+                process.join()
+                if outcome[0] == "ok":
+                    total += outcome[1]
+                    failures += outcome[2]
+                else:
+                    errors.append(f"partitions {vps}: {outcome[1]}")
+        finally:
+            for _, process, receive in children:
+                receive.close()
+                if process.is_alive():
+                    process.terminate()
+                    process.join()
+        if errors:
+            raise Unavailable("the rebuild failed (run it again): " + "; ".join(errors))
+        seconds = time.perf_counter() - t0
+        if failures:
+            logger.warning("rebuild: %d (event, view) applications failed and were skipped", failures)
+        return RebuildResult(
+            events=total,
+            seconds=seconds,
+            checksum=store.checksum() if checksum else "",
+            checkpoint=store.checkpoint(consumer),
+            processes=max(len(shares), 1),
+        )
+    finally:
+        store.close()
+
+
+def _deal(vps: list[int], sizes: dict[int, int], workers: int) -> list[list[int]]:
+    """Partitions into at most `workers` shares of about equal size (largest first, each to the
+    smallest share so far)."""
+    shares: list[list[int]] = [[] for _ in range(min(workers, len(vps)))]
+    loads = [0] * len(shares)
+    for vp in sorted(vps, key=lambda v: (-sizes[v], v)):
+        i = loads.index(min(loads))
+        shares[i].append(vp)
+        loads[i] += sizes[vp]
+    return [sorted(share) for share in shares]
+
+
+def _replay_partitions(
+    layout: Any,
+    store: ProjectionStore,
+    vps: list[int],
+    ends: dict[int, int],
+    consumer: str,
+    batch_size: int | None,
+) -> tuple[int, int]:
+    from coordinator.eventlog.kafka_replay import KafkaReplay
+    from projections.views import default_views
+
+    if not vps:
+        return 0, 0
+    if batch_size is None:
+        batch_size = 10_000 if isinstance(store, PipelinedStore) else 5_000
+    views = default_views()
+    check_views(views)
+    gc_was_enabled = gc.isenabled()
+    gc.disable()  # as in rebuild()
+    try:
+        with KafkaReplay(layout, partitions=vps, ends=ends) as replay:
+            return _replay(replay.batches(batch_size), store, views, consumer)
+    finally:
+        if gc_was_enabled:
+            gc.enable()
+
+
+_LOGGERS = ("", "cassandra", "kafka", "consumers", "coordinator", "projections")
+
+
+def _log_levels() -> dict[str, int]:
+    """This process's effective log levels, for a spawned worker to log like it."""
+    return {name: logging.getLogger(name).getEffectiveLevel() for name in _LOGGERS}
+
+
+def _kafka_worker(
+    log_url: str,
+    store_url: str,
+    vps: list[int],
+    ends: dict[int, int],
+    consumer: str,
+    batch_size: int | None,
+    levels: dict[str, int],
+    reply: Any,
+) -> None:
+    """A worker process of `rebuild_from_kafka`: replays `vps` into the store (already cleared)
+    and sends ("ok", events, failures) or ("error", message)."""
+    from coordinator.eventlog.kafka_layout import KafkaLayout
+    from projections.factory import open_store
+
+    logging.basicConfig(level=levels.get("", logging.WARNING))
+    for name, level in levels.items():
+        logging.getLogger(name).setLevel(level)
+    outcome: tuple[Any, ...]
+    try:
+        store = open_store(store_url)
+        try:
+            total, failures = _replay_partitions(
+                KafkaLayout.from_url(log_url), store, vps, ends, consumer, batch_size
+            )
+        finally:
+            store.close()
+    except BaseException as exc:
+        outcome = ("error", f"{type(exc).__name__}: {exc}")
+    else:
+        outcome = ("ok", total, failures)
+    reply.send(outcome)
+    reply.close()

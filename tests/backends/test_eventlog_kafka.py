@@ -21,9 +21,11 @@ from kafka import KafkaConsumer, KafkaProducer, TopicPartition  # type: ignore[i
 from kafka.partitioner.default import murmur2  # type: ignore[import-untyped]
 
 from coordinator.errors import FailedPrecondition, InvalidArgument, Unavailable
+from coordinator.eventlog import codec
 from coordinator.eventlog.base import AppendRequest, AppendResult, EventLog, Position, WrongExpectedVersion
 from coordinator.eventlog.factory import open_event_log
 from coordinator.eventlog.kafka import KafkaEventLog, KafkaLayout
+from coordinator.eventlog.kafka_replay import KafkaReplay
 from tests.backends import kafka_util
 from tests.backends.kafka_util import delete_topics, kafka_url, new_prefix
 from tests.contracts.eventlog_contract import EventLogContract, append_with_retry, envelope, request
@@ -251,6 +253,47 @@ def test_undecodable_commands_go_to_the_dead_letter_topic(kafka_broker: str, pre
         assert reason.startswith(b"undecodable command")
     finally:
         log.close()
+
+
+def test_a_replay_reads_the_topics_as_the_log_reads_them(kafka_broker: str, prefixes: list[str]) -> None:
+    prefix = new_prefix()
+    prefixes.append(prefix)
+    url = kafka_url(prefix)
+    log = open_kafka(url)
+    try:
+        streams = [f"task:t-{i}" for i in range(8)] + ["project:p", "person:alice"]
+        log.append_many([request(s, 0, 2) for s in streams])
+        log.append_many([request(s, 2, 1) for s in streams[::2]])
+        with pytest.raises(WrongExpectedVersion):
+            log.append(request("task:t-0", 1))  # refused: nothing appended
+        vp = log.append(request("task:t-1", 2)).events[0].position.partition
+        producer = KafkaProducer(bootstrap_servers=kafka_broker)
+        topic, partition = log.topic_partition(vp)
+        producer.send(topic, key=b"t-1", value=b"not an envelope", partition=partition).get(timeout=10)
+        producer.close()
+        log.append(request("task:t-1", 3))  # after the foreign record
+        head = log.head()
+        expected = log.read({}, 1000)
+        assert len(expected) == 2 * len(streams) + len(streams[::2]) + 2
+        with KafkaReplay.from_url(url) as replay:
+            assert all(replay.head()[p] >= o for p, o in head.items())  # markers take offsets too
+            log.append(request("project:p", 3))  # after the replay opened: not in it
+            batches = list(replay.batches(4))
+    finally:
+        log.close()
+    got = [ev for batch in batches for ev in batch]
+    assert len(batches) > 1 and all(batch for batch in batches)
+    assert sorted((ev.position, ev.data) for ev in got) == [(ev.position, ev.data) for ev in expected]
+    assert all(ev.envelope == codec.decode(ev.data) for ev in got)
+    for p in {ev.position.partition for ev in got}:  # each partition in offset order
+        offsets = [ev.position.offset for ev in got if ev.position.partition == p]
+        assert offsets == sorted(offsets)
+
+
+def test_a_replay_of_missing_topics_is_refused(kafka_broker: str) -> None:
+    with pytest.raises(InvalidArgument, match="do not exist") as info:
+        KafkaReplay.from_url(kafka_url(new_prefix()))
+    assert info.value.field == "event_log"
 
 
 def test_unreachable_broker_is_unavailable() -> None:
