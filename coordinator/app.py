@@ -21,7 +21,7 @@ from coordinator._pb.labelweave.events.v1 import model_pb2
 from coordinator.auth import SYSTEM
 from coordinator.commandbus import Clock, CommandBus, utc_now
 from coordinator.domain import commands as C
-from coordinator.errors import LabelweaveError
+from coordinator.errors import InvalidArgument, LabelweaveError
 from coordinator.eventlog.base import EventLog, Position
 from coordinator.eventlog.factory import open_event_log
 from coordinator.metrics import Metrics
@@ -150,20 +150,36 @@ class Application:
         self.runner.catch_up()
         return self.service.issue_token(person_id, description, ttl_seconds)
 
-    def rebuild(self, into_url: str | None = None, *, replace: bool = False) -> dict[str, Any]:
+    def rebuild(
+        self, into_url: str | None = None, *, replace: bool = False, workers: int = 0
+    ) -> dict[str, Any]:
         """Replay the whole log into a fresh store and compare with the live projections.
 
         The live store is first caught up to the same head, so equal checksums mean the live
-        projection is exactly what a replay from position 0 produces.
+        projection is exactly what a replay from position 0 produces. A SQLite log rebuilt into
+        a SQLite store is replayed by `workers` processes, each applying a group of the views
+        (`consumers.rebuild_views`; 0: one per core, at most 4; 1: this process alone).
         """
         target_url = into_url or f"sqlite:///{(self.settings.data_dir / 'projections.rebuild.db').resolve()}"
         target_path = _sqlite_path(target_url)
         if target_path is not None:
             for suffix in ("", "-wal", "-shm"):
                 Path(str(target_path) + suffix).unlink(missing_ok=True)
+        if workers < 0:
+            raise InvalidArgument(f"workers must be >= 0, got {workers}", field="workers")
+        workers = workers or min(os.cpu_count() or 1, 4)
+        log_url = self.settings.resolved_event_log_url
+        by_views = workers > 1 and log_url.startswith("sqlite:") and target_url.startswith("sqlite:")
         target = open_store(target_url)
         try:
-            result = rebuild(self.log, target)
+            if by_views:
+                from consumers.rebuild_views import rebuild_by_views
+
+                target.close()
+                result = rebuild_by_views(log_url, target_url, workers=workers)
+                target = open_store(target_url)
+            else:
+                result = rebuild(self.log, target)
             seconds = result.seconds  # replay and commit only; the checksum is reported apart
             self.runner.catch_up()
             live = self.store.checksum()

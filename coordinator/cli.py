@@ -214,7 +214,7 @@ def cmd_rebuild(args: argparse.Namespace) -> int:
 
     app = Application.open(_offline_settings(args))
     try:
-        result = app.rebuild(args.into or None, replace=args.replace)
+        result = app.rebuild(args.into or None, replace=args.replace, workers=args.workers)
     finally:
         app.close()
     rebuilt = str(result["rebuilt_checksum"])
@@ -875,6 +875,13 @@ def build_parser() -> argparse.ArgumentParser:
     _backend_flags(p)
     p.add_argument("--into", default=None, help="store URL to rebuild into (default: a scratch sqlite file)")
     p.add_argument("--replace", action="store_true", help="swap the rebuilt store in as the live one")
+    p.add_argument(
+        "--workers",
+        type=int,
+        default=0,
+        help="processes replaying the views of an embedded (SQLite) log in parallel; 0: one per core, "
+        "at most 4 (docs/architecture.md, 'Rebuilding on several cores')",
+    )
 
     # project
     project = command(sub, "project", _usage(parser, "project"), "manage projects")

@@ -20,6 +20,7 @@ import pytest
 from grpc_health.v1 import health_pb2
 
 from coordinator.client import LabelweaveClient
+from projections.memory import MemoryStore
 from tests.e2e.conftest import (
     CLI_TIMEOUT,
     REPO,
@@ -291,6 +292,27 @@ def test_simulate_quality_runs_the_layered_pipeline_and_reports_accuracy_and_agr
     ]
     resolved = ok(shared.cli("dispute", "list", "qsim", "--resolved")).stdout
     assert "qsim-ann-" in resolved, describe(run)
+
+    # every view, split over two processes (consumers/rebuild_views.py), replays this log to what
+    # one process does (the server may append lease expiries meanwhile: compare at equal heads)
+    from consumers.rebuild import rebuild
+    from consumers.rebuild_views import rebuild_by_views
+    from coordinator.eventlog.factory import open_event_log
+
+    log_url = f"sqlite:///{(shared.data_dir / 'events.db').resolve()}"
+    for attempt in range(5):
+        split = rebuild_by_views(
+            log_url, f"sqlite:///{shared.cwd / f'split-{attempt}.db'}", workers=2, min_events_per_worker=1
+        )
+        log = open_event_log(log_url)
+        try:
+            single = rebuild(log, MemoryStore())
+        finally:
+            log.close()
+        if dict(split.checkpoint) == dict(single.checkpoint):
+            break
+    assert split.processes == 2
+    assert (split.checksum, dict(split.checkpoint)) == (single.checksum, dict(single.checkpoint))
 
 
 def test_export_writes_one_jsonl_line_per_accepted_label_with_provenance(

@@ -1,0 +1,59 @@
+"""Rebuilding an embedded store with the views split over processes equals a one-process rebuild."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from consumers.rebuild import rebuild
+from consumers.rebuild_views import VIEW_COST_US, rebuild_by_views, split_views
+from coordinator.errors import InvalidArgument
+from coordinator.eventlog.sqlite import SqliteEventLog
+from projections.memory import MemoryStore
+from projections.views import default_views
+from tests.unit.test_runner import Workload
+
+
+def test_views_are_split_into_balanced_groups_each_view_once() -> None:
+    views = default_views()
+    for n in (1, 2, 3, 4, 50):
+        groups = split_views(views, n)
+        assert len(groups) == min(n, len(views)) and all(groups)
+        assert sorted(v.name for g in groups for v in g) == sorted(v.name for v in views)
+    costs = [sum(VIEW_COST_US.get(v.name, 1.0) for v in g) for g in split_views(views, 2)]
+    assert max(costs) - min(costs) <= max(VIEW_COST_US.values())  # greedy: within one view's cost
+    with pytest.raises(InvalidArgument):
+        split_views(views, 0)
+
+
+@pytest.mark.parametrize("workers", [1, 2, 3])
+def test_a_rebuild_by_view_groups_equals_a_one_process_rebuild(tmp_path: Path, workers: int) -> None:
+    log_url = f"sqlite:///{tmp_path / 'events.db'}"
+    log = SqliteEventLog.from_url(log_url)
+    try:
+        work = Workload(log, seed=5)
+        work.project()
+        work.run(120)
+        expected = rebuild(log, MemoryStore())
+    finally:
+        log.close()
+    result = rebuild_by_views(
+        log_url, f"sqlite:///{tmp_path / 'p.db'}", workers=workers, min_events_per_worker=1
+    )
+    assert result.processes == workers
+    assert result.events == expected.events == work.events
+    assert result.checksum == expected.checksum
+    assert dict(result.checkpoint) == dict(expected.checkpoint)
+
+
+def test_a_small_log_is_not_split(tmp_path: Path) -> None:
+    log_url = f"sqlite:///{tmp_path / 'events.db'}"
+    log = SqliteEventLog.from_url(log_url)
+    try:
+        work = Workload(log, seed=6)
+        work.project()
+        work.run(10)
+    finally:
+        log.close()
+    assert rebuild_by_views(log_url, f"sqlite:///{tmp_path / 'p.db'}", workers=4).processes == 1
