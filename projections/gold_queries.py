@@ -11,8 +11,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from coordinator.errors import InvalidArgument
 from projections.base import Doc, ProjectionStore, unshard
+from projections.review_queries import feed_page
 from projections.views.gold import gold_tasks_pk, results_pk
 
 # ------------------------------------------------------------------ tasks
@@ -109,11 +109,6 @@ def suspensions(store: ProjectionStore, project_id: str) -> list[tuple[str, Doc]
 Page = tuple[list[tuple[str, Doc]], str]
 
 
-def _is_cursor(token: str) -> bool:
-    ms, sep, event_id = token.partition("|")
-    return bool(sep) and len(ms) == 13 and ms.isdigit() and bool(event_id)
-
-
 def quality_feed(
     store: ProjectionStore,
     person_id: str,
@@ -124,30 +119,9 @@ def quality_feed(
 ) -> Page:
     """A person's quality feed rows, newest first, as (cursor, row), and the next page token
     (the same cursor format and paging rules as `review_queries.feedback`)."""
-    limit = max(1, limit)
-    if page_token and not _is_cursor(page_token):
-        raise InvalidArgument("not a feedback cursor", field="page_token")
-    end = page_token or None
-    if project_ids is None:
-        rows = store.scan("quality_feedback", person_id, end=end, reverse=True, limit=limit + 1)
-        page = rows[:limit]
-        return page, page[-1][0] if len(rows) > limit else ""
-    out: list[tuple[str, Doc]] = []
-    chunk = min(limit + 1, 500)
-    scanned = 0
-    while scanned < limit * 20:
-        rows = store.scan("quality_feedback", person_id, end=end, reverse=True, limit=chunk)
-        for sk, doc in rows:
-            scanned += 1
-            end = sk
-            if doc.get("project_id") not in project_ids:
-                continue
-            if len(out) == limit:
-                return out, out[-1][0]
-            out.append((sk, doc))
-        if len(rows) < chunk:
-            return out, ""
-    return out, end or ""
+    return feed_page(
+        store, "quality_feedback", person_id, limit=limit, page_token=page_token, project_ids=project_ids
+    )
 
 
 def merge_pages(pages: Sequence[Page], limit: int) -> Page:

@@ -131,7 +131,23 @@ def feedback(
     page_token: str = "",
     project_ids: frozenset[str] | None = None,
 ) -> tuple[list[tuple[str, Doc]], str]:
-    """A person's feed rows, newest first, as (cursor, row), and the next page token.
+    """A person's feed rows, newest first, as (cursor, row), and the next page token."""
+    return feed_page(
+        store, "feedback", person_id, limit=limit, page_token=page_token, project_ids=project_ids
+    )
+
+
+def feed_page(
+    store: ProjectionStore,
+    collection: str,
+    person_id: str,
+    *,
+    limit: int,
+    page_token: str = "",
+    project_ids: frozenset[str] | None = None,
+) -> tuple[list[tuple[str, Doc]], str]:
+    """One page of a per-person feed collection (sk `{ms:013d}|{event_id}`), newest first, as
+    (cursor, row), and the next page token.
 
     `project_ids` keeps only rows of those projects; the scan then reads at most 20 pages'
     worth of rows per call and returns a token to continue even when the page is short.
@@ -141,14 +157,14 @@ def feedback(
         raise InvalidArgument("not a feedback cursor", field="page_token")
     end = page_token or None
     if project_ids is None:
-        rows = store.scan("feedback", person_id, end=end, reverse=True, limit=limit + 1)
+        rows = store.scan(collection, person_id, end=end, reverse=True, limit=limit + 1)
         page = rows[:limit]
         return page, page[-1][0] if len(rows) > limit else ""
     out: list[tuple[str, Doc]] = []
     chunk = min(limit + 1, 500)
     scanned = 0
     while scanned < limit * 20:
-        rows = store.scan("feedback", person_id, end=end, reverse=True, limit=chunk)
+        rows = store.scan(collection, person_id, end=end, reverse=True, limit=chunk)
         for sk, doc in rows:
             scanned += 1
             end = sk
