@@ -58,7 +58,7 @@ class Application:
         clock = clock or utc_now
         event_log = open_event_log(_with_replica(settings), metrics=metrics)
         store = open_store(settings.resolved_store_url)
-        bus = CommandBus(event_log, metrics=metrics)
+        bus = CommandBus(event_log, metrics=metrics, clock=clock)
         runner: ProjectionRunner | StoreFollower
         if settings.projections_in_process:
             runner = ProjectionRunner(event_log, store, metrics=metrics)

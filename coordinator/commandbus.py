@@ -78,8 +78,10 @@ class CommandBus:
         metrics: Metrics | None = None,
         cache_size: int = 50_000,
         max_attempts: int = 32,
+        clock: Clock = utc_now,
     ) -> None:
         self._log = log
+        self._clock = clock  # stamps occurred_at: the domain clock, the one the service decides with
         self._metrics = metrics
         self._cache: OrderedDict[str, tuple[int, aggregates.State | None]] = OrderedDict()
         self._cache_size = cache_size
@@ -162,7 +164,7 @@ class CommandBus:
             if prior is not None:
                 self._count("duplicate")
                 return prior
-        when = occurred_at or utc_now()
+        when = occurred_at or self._clock()
         fresh = False
         for _ in range(self._max_attempts):
             version, state = self.load(stream_id, fresh=fresh)
@@ -218,7 +220,7 @@ class CommandBus:
         was stale, or that the cached state refused, is retried alone through `execute`.
         Returns the outcome or the error per command, in order.
         """
-        when = utc_now()
+        when = self._clock()
         results: list[Outcome | LabelweaveError | None] = [None] * len(commands)
         requests: list[AppendRequest] = []
         planned: list[tuple[int, str, int, aggregates.State | None, list[Message]]] = []
