@@ -38,15 +38,17 @@ from projections.base import View
 logger = logging.getLogger(__name__)
 
 VIEW_COST_US: Mapping[str, float] = {
-    "throughput": 8.1,
-    "tasks": 7.1,
-    "queue": 5.4,
-    "review": 3.2,
-    "history": 2.5,
-    "metrics": 2.4,
-    "agreement": 2.4,
+    "throughput": 9.3,
+    "tasks": 6.8,
+    "queue": 5.7,
+    "review": 2.8,
+    "metrics": 1.8,
+    "manager": 1.5,
+    "history": 1.1,
+    "agreement": 1.1,
 }
-"""CPU per event of applying each view (µs, MemoryStore, docs/benchmarks.md); writes scale alike."""
+"""CPU per event of each view (µs, measured as all views minus this one, MemoryStore; the others
+under 0.8): what a group costs; writes scale alike."""
 MIN_EVENTS_PER_WORKER = 10_000
 """Below this many events per process a second process costs more (spawn, imports) than it saves."""
 

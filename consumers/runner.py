@@ -24,6 +24,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
+from typing import Any
 
 from consumers.gauges import ProjectionGauges
 from coordinator.eventlog.base import Checkpoint, EventLog, RecordedEvent
@@ -40,6 +41,8 @@ from projections.base import (
 )
 
 logger = logging.getLogger(__name__)
+
+_ABSENT: Any = object()
 
 OnError = Callable[[View, RecordedEvent, BaseException], None]
 
@@ -104,7 +107,7 @@ class DocCache:
     def remember(self, changes: Sequence[Change]) -> None:
         docs = self.docs
         for ch in changes:
-            docs[(ch.collection, ch.pk, ch.sk)] = ch.value if isinstance(ch, Put) else None
+            docs[ch[:3]] = ch[3] if type(ch) is Put or isinstance(ch, Put) else None
         if len(docs) > self.capacity:
             drop = len(docs) - self.capacity * 9 // 10
             dropped = list(itertools.islice(docs, drop))
@@ -134,13 +137,15 @@ class _ReadThrough(ProjectionStore):
     def get(self, collection: str, pk: str, sk: str = "") -> Doc | None:
         key = (collection, pk, sk)
         docs = self._cache.docs
-        if key in docs:
-            return docs[key]
-        if not self._cache.must_read(key):
+        value = docs.get(key, _ABSENT)
+        if value is not _ABSENT:
+            return value  # type: ignore[no-any-return]
+        cache = self._cache
+        if cache.complete and (not cache.evicted or hash(key) not in cache.evicted):  # = not must_read
             return None
-        value = self._store.get(collection, pk, sk)
-        docs[key] = value
-        return value
+        doc = self._store.get(collection, pk, sk)
+        docs[key] = doc
+        return doc
 
     def scan(
         self,
@@ -183,10 +188,11 @@ def apply_batch(
     """
     source: ProjectionStore = store if cache is None else _ReadThrough(store, cache)
     tx = StagedTx(source)
+    applies = [view.apply for view in views]
     try:
         for ev in events:
-            for view in views:
-                view.apply(ev, tx)
+            for apply in applies:
+                apply(ev, tx)
         return tx
     except Exception:  # some view failed: redo the batch with isolation
         if cache is not None:

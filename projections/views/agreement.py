@@ -48,6 +48,7 @@ from coordinator._pb.labelweave.events.v1 import annotation_pb2
 from coordinator.domain.gold import OKS_KINDS, Scoring, _similarity
 from coordinator.eventlog.base import RecordedEvent
 from projections.base import SHARD_SEP, Doc, ViewTx, shard_of
+from projections.views.taskstate import imported_of, payload_kind
 
 SEP: Final = "\x1f"
 PROJECT_KEY: Final = "project"
@@ -162,11 +163,11 @@ class AgreementView:
 
     def apply(self, event: RecordedEvent, tx: ViewTx) -> None:
         env = event.envelope
-        kind = env.WhichOneof("payload")
+        kind = payload_kind(event)
         if kind == "task_imported":
-            p = env.task_imported
+            imp = imported_of(event)
             tx.put(
-                "agreement_task", p.task.task_id, "", {"project_id": p.project_id, "round": 1, "gold": False}
+                "agreement_task", imp.task_id, "", {"project_id": imp.project_id, "round": 1, "gold": False}
             )
         elif kind == "gold_task_imported":
             g = env.gold_task_imported

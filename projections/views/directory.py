@@ -20,7 +20,7 @@ from google.protobuf import json_format
 from coordinator._pb.labelweave.events.v1 import model_pb2
 from coordinator.eventlog.base import RecordedEvent
 from projections.base import Doc, ViewTx
-from projections.views.taskstate import ts_ms
+from projections.views.taskstate import payload_kind, ts_ms
 
 
 def person_doc(spec: model_pb2.PersonSpec) -> Doc:
@@ -47,7 +47,7 @@ class DirectoryView:
 
     def apply(self, event: RecordedEvent, tx: ViewTx) -> None:
         env = event.envelope
-        kind = env.WhichOneof("payload")
+        kind = payload_kind(event)
         if kind == "project_created":
             pc = env.project_created
             tx.put(

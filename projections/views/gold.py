@@ -53,7 +53,7 @@ from google.protobuf import json_format
 from coordinator._pb.labelweave.events.v1 import model_pb2
 from coordinator.eventlog.base import RecordedEvent
 from projections.base import SHARD_SEP, Doc, ViewTx, shard_of
-from projections.views.taskstate import ts_ms
+from projections.views.taskstate import payload_kind, ts_ms
 
 
 def gold_tasks_pk(project_id: str, training_skill: str | None = None) -> str:
@@ -103,7 +103,7 @@ class GoldView:
 
     def apply(self, event: RecordedEvent, tx: ViewTx) -> None:
         env = event.envelope
-        kind = env.WhichOneof("payload")
+        kind = payload_kind(event)
         if kind == "gold_task_imported":
             p = env.gold_task_imported
             spec = p.task

@@ -35,7 +35,7 @@ from google.protobuf import json_format
 
 from coordinator.eventlog.base import RecordedEvent
 from projections.base import Doc, ViewTx
-from projections.views.taskstate import ts_ms
+from projections.views.taskstate import payload_kind, ts_ms
 
 
 def guideline_sk(version: int) -> str:
@@ -65,7 +65,7 @@ class GuidanceView:
 
     def apply(self, event: RecordedEvent, tx: ViewTx) -> None:
         env = event.envelope
-        kind = env.WhichOneof("payload")
+        kind = payload_kind(event)
         if kind == "guideline_published":
             self._published(event, tx)
         elif kind == "question_asked":

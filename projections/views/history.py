@@ -30,7 +30,7 @@ from google.protobuf import json_format
 from coordinator._pb.labelweave.events.v1 import model_pb2
 from coordinator.eventlog.base import RecordedEvent
 from projections.base import Doc, ViewTx
-from projections.views.taskstate import ts_ms
+from projections.views.taskstate import payload_kind, ts_ms
 
 
 def version_sk(annotation_id: str, version: int) -> str:
@@ -69,7 +69,7 @@ class HistoryView:
 
     def apply(self, event: RecordedEvent, tx: ViewTx) -> None:
         env = event.envelope
-        kind = env.WhichOneof("payload")
+        kind = payload_kind(event)
         if kind == "annotation_submitted" or kind == "annotation_edited":
             p = getattr(env, kind)
             version = int(p.version) or 1

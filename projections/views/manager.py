@@ -25,6 +25,7 @@ from __future__ import annotations
 
 from coordinator.eventlog.base import RecordedEvent
 from projections.base import ViewTx
+from projections.views.taskstate import imported_of, payload_kind
 
 
 def batch_pk(project_id: str, batch_id: str) -> str:
@@ -41,10 +42,10 @@ class ManagerView:
 
     def apply(self, event: RecordedEvent, tx: ViewTx) -> None:
         env = event.envelope
-        kind = env.WhichOneof("payload")
+        kind = payload_kind(event)
         if kind == "task_imported":
-            p = env.task_imported
-            tx.put("batch_tasks", batch_pk(p.project_id, p.batch_id), p.task.task_id, {})
+            imp = imported_of(event)
+            tx.put("batch_tasks", batch_pk(imp.project_id, env.task_imported.batch_id), imp.task_id, {})
         elif kind == "task_reprioritised":
             r = env.task_reprioritised
             if env.correlation_id:

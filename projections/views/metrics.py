@@ -20,6 +20,7 @@ from typing import Any
 from coordinator._pb.labelweave.events.v1 import model_pb2
 from coordinator.eventlog.base import RecordedEvent
 from projections.base import SHARD_SEP, Doc, ViewTx, shard_of
+from projections.views.taskstate import imported_of, payload_kind
 
 FIELDS = ("leased", "submitted", "accepted", "rejected", "edits", "expired", "time_on_task_ms")
 ALL_PROJECTS = "*"
@@ -38,11 +39,14 @@ class MetricsView:
 
     def apply(self, event: RecordedEvent, tx: ViewTx) -> None:
         env = event.envelope
-        kind = env.WhichOneof("payload")
+        kind = payload_kind(event)
         shard = shard_of(event)
-        if kind == "task_imported" or kind == "gold_task_imported":  # gold: its leases expire too
-            p = getattr(env, kind)
-            tx.put("metrics_task", p.task.task_id, "", {"project_id": p.project_id})
+        if kind == "task_imported":
+            imp = imported_of(event)
+            tx.put("metrics_task", imp.task_id, "", {"project_id": imp.project_id})
+        elif kind == "gold_task_imported":  # gold: its leases expire too
+            g = env.gold_task_imported
+            tx.put("metrics_task", g.task.task_id, "", {"project_id": g.project_id})
         elif kind == "task_leased":
             p1 = env.task_leased
             self._bump(tx, shard, self._project(tx, p1), p1.person_id, {"leased": 1})

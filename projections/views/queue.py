@@ -24,17 +24,17 @@ from __future__ import annotations
 
 from typing import Any
 
-from coordinator._pb.labelweave.events.v1 import events_pb2
 from coordinator.eventlog.base import RecordedEvent
 from projections.base import SHARD_SEP, Doc, ViewTx, shard_of
 from projections.views.taskstate import (
     QUEUED,
     TASK_EVENTS,
+    Imported,
     evolve,
+    imported_of,
     new_core,
+    payload_kind,
     queue_sort_key,
-    skill_key,
-    ts_ms,
 )
 
 
@@ -60,9 +60,9 @@ class QueueView:
 
     def apply(self, event: RecordedEvent, tx: ViewTx) -> None:
         env = event.envelope
-        kind = env.WhichOneof("payload")
+        kind = payload_kind(event)
         if kind == "task_imported":
-            self._imported(env.task_imported, event.position.offset, shard_of(event), tx)
+            self._imported(imported_of(event), event.position.offset, shard_of(event), tx)
             return
         if kind in _CONTROLS:
             self._control(kind, getattr(env, kind), shard_of(event), tx)
@@ -82,24 +82,21 @@ class QueueView:
             self._dequeue(doc, shard_of(event), tx)
         tx.put("queue_task", p.task_id, "", doc)
 
-    def _imported(self, p: events_pb2.TaskImported, offset: int, shard: str, tx: ViewTx) -> None:
-        spec = p.task
-        if tx.get("queue_task", spec.task_id) is not None:
+    def _imported(self, imp: Imported, offset: int, shard: str, tx: ViewTx) -> None:
+        task_id = imp.task_id
+        if tx.get("queue_task", task_id) is not None:
             return
-        doc = new_core(int(spec.overlap))
-        deadline = ts_ms(spec.deadline) if spec.HasField("deadline") else None
-        doc.update(
-            task_id=spec.task_id,
-            project_id=p.project_id,
-            skill_key=skill_key(spec.required_skills),
-            sort_key=queue_sort_key(int(spec.priority), deadline, offset, spec.task_id),
-            queued=False,
-        )
+        doc = new_core(imp.overlap)
+        doc["task_id"] = task_id
+        doc["project_id"] = imp.project_id
+        doc["skill_key"] = ",".join(imp.skills)  # = skill_key(required_skills)
+        doc["sort_key"] = queue_sort_key(imp.priority, imp.deadline_ms, offset, task_id)
+        doc["queued"] = False
         if doc["status"] == QUEUED:
             self._enqueue(doc, shard, tx)
-        elif tx.get("queue_depth", "all", f"{p.project_id}{SHARD_SEP}{shard}") is None:
-            tx.put("queue_depth", "all", f"{p.project_id}{SHARD_SEP}{shard}", {"depth": 0})
-        tx.put("queue_task", spec.task_id, "", doc)
+        elif tx.get("queue_depth", "all", f"{imp.project_id}{SHARD_SEP}{shard}") is None:
+            tx.put("queue_depth", "all", f"{imp.project_id}{SHARD_SEP}{shard}", {"depth": 0})
+        tx.put("queue_task", task_id, "", doc)
 
     def _control(self, kind: str, p: Any, shard: str, tx: ViewTx) -> None:
         """Assignment moves a queued task between the open queue and an assignee's queue; a new

@@ -50,10 +50,9 @@ from __future__ import annotations
 from typing import Any
 
 from coordinator._pb.labelweave.events.v1 import events_pb2, model_pb2
-from coordinator.domain.review import pipeline_of_import, stage_name
 from coordinator.eventlog.base import RecordedEvent
 from projections.base import Doc, ViewTx, shard_of
-from projections.views.taskstate import ts_ms
+from projections.views.taskstate import import_stages, imported_of, payload_kind, ts_ms
 
 PENDING, SKIPPED, ACCEPTED, REJECTED, CORRECTED, OVERTURNED = (
     "pending",
@@ -132,7 +131,7 @@ class ReviewView:
 
     def apply(self, event: RecordedEvent, tx: ViewTx) -> None:
         env = event.envelope
-        kind = env.WhichOneof("payload")
+        kind = payload_kind(event)
         if kind == "task_imported":
             self._imported(event, env.task_imported, tx)
             return
@@ -148,27 +147,28 @@ class ReviewView:
 
     @staticmethod
     def _imported(event: RecordedEvent, p: events_pb2.TaskImported, tx: ViewTx) -> None:
-        task_id = p.task.task_id
+        imp = imported_of(event)
+        task_id = imp.task_id
         if tx.get("review_task", task_id) is not None:
             return
-        pipeline = pipeline_of_import(p)
-        names = [stage_name(s) for s in pipeline.stages]
+        names, kinds = import_stages(event)
+        project_id = imp.project_id
         tx.put(
             "review_task",
             task_id,
             "",
             {
                 "task_id": task_id,
-                "project_id": p.project_id,
+                "project_id": project_id,
                 "round": 1,
-                "stages": names,
-                "kinds": [int(s.kind) for s in pipeline.stages],
+                "stages": list(names),
+                "kinds": list(kinds),
                 "annotations": {},
             },
         )
         shard = shard_of(event)
         for name in names:  # depth rows exist from the start, so gauges read 0, not nothing
-            sk = depth_sk(p.project_id, name, shard)
+            sk = depth_sk(project_id, name, shard)
             if tx.get("review_depth", "all", sk) is None:
                 tx.put("review_depth", "all", sk, {"depth": 0})
 

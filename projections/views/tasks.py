@@ -26,7 +26,16 @@ from typing import Any
 from coordinator._pb.labelweave.events.v1 import controls_pb2, events_pb2, model_pb2
 from coordinator.eventlog.base import RecordedEvent
 from projections.base import Doc, ViewTx
-from projections.views.taskstate import DONE, TASK_EVENTS, evolve, new_core, ts_ms
+from projections.views.taskstate import (
+    DONE,
+    TASK_EVENTS,
+    Imported,
+    evolve,
+    imported_of,
+    new_core,
+    payload_kind,
+    ts_ms,
+)
 
 
 def status_sk(status: str, imported_offset: int, task_id: str) -> str:
@@ -77,10 +86,10 @@ class TasksView:
 
     def apply(self, event: RecordedEvent, tx: ViewTx) -> None:
         env = event.envelope
-        kind = env.WhichOneof("payload")
+        kind = payload_kind(event)
         offset = event.position.offset
         if kind == "task_imported":
-            self._imported(env.task_imported, offset, tx)
+            self._imported(env.task_imported, imported_of(event), offset, tx)
             return
         if kind == "task_reprioritised":  # manager controls: the document shows the priority now
             self._reprioritised(env.task_reprioritised, offset, tx)
@@ -182,25 +191,23 @@ class TasksView:
             if doc["status"] != DONE:
                 _index_priority(doc, tx)
 
-    def _imported(self, p: events_pb2.TaskImported, offset: int, tx: ViewTx) -> None:
-        spec = p.task
-        task_id = spec.task_id
+    def _imported(self, p: events_pb2.TaskImported, imp: Imported, offset: int, tx: ViewTx) -> None:
+        task_id = imp.task_id
         if tx.get("task", task_id) is not None:
             return  # the domain never imports a task twice; keep the first
-        project_id = p.project_id
-        doc = new_core(int(spec.overlap))
-        doc.update(
-            task_id=task_id,
-            project_id=project_id,
-            batch_id=p.batch_id,
-            data_uri=spec.data_uri,
-            media_type=int(spec.media_type),
-            priority=int(spec.priority),
-            deadline_ms=ts_ms(spec.deadline) if spec.HasField("deadline") else None,
-            required_skills=sorted(set(spec.required_skills)),
-            imported_offset=offset,
-            last_offset=offset,
-        )
+        project_id = imp.project_id
+        spec = p.task
+        doc = new_core(imp.overlap)
+        doc["task_id"] = task_id
+        doc["project_id"] = project_id
+        doc["batch_id"] = p.batch_id
+        doc["data_uri"] = spec.data_uri
+        doc["media_type"] = int(spec.media_type)
+        doc["priority"] = imp.priority
+        doc["deadline_ms"] = imp.deadline_ms
+        doc["required_skills"] = list(imp.skills)
+        doc["imported_offset"] = offset
+        doc["last_offset"] = offset
         tx.put("task", task_id, "", doc)
         tx.put("tasks_by_project", project_id, status_sk("all", offset, task_id), {"task_id": task_id})
         tx.put(

@@ -51,10 +51,19 @@ from __future__ import annotations
 from typing import Any, Final
 
 from coordinator._pb.labelweave.events.v1 import events_pb2, model_pb2
-from coordinator.domain.review import pipeline_of_import, stage_name
 from coordinator.eventlog.base import RecordedEvent
 from projections.base import SHARD_SEP, Doc, ViewTx, shard_of
-from projections.views.taskstate import DONE, QUEUED, TASK_EVENTS, evolve, new_core, ts_ms
+from projections.views.taskstate import (
+    DONE,
+    QUEUED,
+    TASK_EVENTS,
+    evolve,
+    import_stages,
+    imported_of,
+    new_core,
+    payload_kind,
+    ts_ms,
+)
 
 HOUR_MS: Final = 3_600_000
 RETENTION_HOURS: Final = 14 * 24
@@ -144,7 +153,7 @@ class ThroughputView:
 
     def apply(self, event: RecordedEvent, tx: ViewTx) -> None:
         env = event.envelope
-        kind = env.WhichOneof("payload") or ""
+        kind = payload_kind(event) or ""
         if kind == "task_imported":
             self._imported(event, env.task_imported, tx)
         elif kind in TASK_EVENTS or kind in _REVIEW_EVENTS:
@@ -182,24 +191,22 @@ class ThroughputView:
 
     @staticmethod
     def _imported(event: RecordedEvent, p: events_pb2.TaskImported, tx: ViewTx) -> None:
-        spec = p.task
-        if tx.get("plan_task", spec.task_id) is not None:
+        imp = imported_of(event)
+        if tx.get("plan_task", imp.task_id) is not None:
             return
-        pipeline = pipeline_of_import(p)
-        doc = new_core(int(spec.overlap))
-        doc.update(
-            task_id=spec.task_id,
-            project_id=p.project_id,
-            expected_seconds=int(spec.expected_seconds),
-            deadline_ms=ts_ms(spec.deadline) if spec.HasField("deadline") else None,
-            skills=sorted(set(spec.required_skills)),
-            stages=[stage_name(s) for s in pipeline.stages],
-            kinds=[int(s.kind) for s in pipeline.stages],
-            pending={},
-            disputes={},
-            remaining=0,
-            waiting_sk="",
-        )
+        names, kinds = import_stages(event)
+        doc = new_core(imp.overlap)
+        doc["task_id"] = imp.task_id
+        doc["project_id"] = imp.project_id
+        doc["expected_seconds"] = imp.expected_seconds
+        doc["deadline_ms"] = imp.deadline_ms
+        doc["skills"] = list(imp.skills)
+        doc["stages"] = list(names)
+        doc["kinds"] = list(kinds)
+        doc["pending"] = {}
+        doc["disputes"] = {}
+        doc["remaining"] = 0
+        doc["waiting_sk"] = ""
         _TaskApply(event, doc, tx).settle()
 
 
@@ -255,9 +262,11 @@ class _TaskApply:
         if not stage or n <= 0:
             return
         pid = self.project_id
-        stages = [ANNOTATE, *self.doc["stages"]]
         self._retain(
-            "stage_flow", "stage_flow_hours", pid, lambda h: [flow_sk(h, s, self.shard) for s in stages]
+            "stage_flow",
+            "stage_flow_hours",
+            pid,
+            lambda h: [flow_sk(h, s, self.shard) for s in (ANNOTATE, *self.doc["stages"])],
         )
         sk = flow_sk(self.hour, stage, self.shard)
         row = self.tx.get("stage_flow", pid, sk) or {"in": 0, "out": 0}
@@ -351,21 +360,21 @@ class _TaskApply:
     def settle(self) -> None:
         """Bring the task's derived rows (waiting, deadline, remaining counter, annotate flow) in
         line with its state, and store the document."""
-        doc, tx, pid = self.doc, self.tx, self.project_id
+        doc, tx, pid, shard = self.doc, self.tx, self.project_id, self.shard
         task_id = doc["task_id"]
         old, new = int(doc["remaining"]), remaining_of(doc)
         if new != old:
-            sk = self.shard
-            row = tx.get("plan_remaining", pid, sk)
+            row = tx.get("plan_remaining", pid, shard)
             tx.put(
-                "plan_remaining", pid, sk, {"slots": max((int(row["slots"]) if row else 0) + new - old, 0)}
+                "plan_remaining", pid, shard, {"slots": max((int(row["slots"]) if row else 0) + new - old, 0)}
             )
             self.flow(ANNOTATE, "in" if new > old else "out", abs(new - old))
             doc["remaining"] = new
-        elif tx.get("plan_remaining", pid, self.shard) is None:
-            tx.put("plan_remaining", pid, self.shard, {"slots": 0})  # so the project reads 0, not nothing
-        if doc["deadline_ms"] is not None:
-            dl_sk = task_sk(int(doc["deadline_ms"]), task_id)
+        elif tx.get("plan_remaining", pid, shard) is None:
+            tx.put("plan_remaining", pid, shard, {"slots": 0})  # so the project reads 0, not nothing
+        deadline_ms = doc["deadline_ms"]
+        if deadline_ms is not None:
+            dl_sk = task_sk(int(deadline_ms), task_id)
             if new > 0 and new != old:
                 tx.put(
                     "plan_deadlines",
@@ -373,7 +382,7 @@ class _TaskApply:
                     dl_sk,
                     {
                         "task_id": task_id,
-                        "deadline_ms": doc["deadline_ms"],
+                        "deadline_ms": deadline_ms,
                         "remaining": new,
                         "expected_seconds": doc["expected_seconds"],
                         "skills": doc["skills"],
@@ -382,10 +391,11 @@ class _TaskApply:
             elif new == 0 and old > 0:
                 tx.delete("plan_deadlines", pid, dl_sk)
         queued = doc["status"] == QUEUED
-        if queued and not doc["waiting_sk"]:
-            doc["waiting_sk"] = task_sk(self.ms, task_id)
-            tx.put("plan_waiting", pid, doc["waiting_sk"], {"task_id": task_id})
-        elif not queued and doc["waiting_sk"]:
-            tx.delete("plan_waiting", pid, doc["waiting_sk"])
+        waiting_sk = doc["waiting_sk"]
+        if queued and not waiting_sk:
+            doc["waiting_sk"] = waiting_sk = task_sk(self.ms, task_id)
+            tx.put("plan_waiting", pid, waiting_sk, {"task_id": task_id})
+        elif not queued and waiting_sk:
+            tx.delete("plan_waiting", pid, waiting_sk)
             doc["waiting_sk"] = ""
         tx.put("plan_task", task_id, "", doc)
