@@ -34,7 +34,7 @@ import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Any, Protocol, runtime_checkable
+from typing import Any, Protocol, TypeVar, runtime_checkable
 
 from consumers.runner import DocCache, apply_batch, check_views, checkpoint_of
 from coordinator.errors import InvalidArgument, Unavailable
@@ -297,40 +297,23 @@ def rebuild_from_kafka(
             processes = 1  # a memory store is this process's own; SQLite has one writer at a time
         shares = _deal([vp for vp, end in ends.items() if end > 0], ends, processes)
         store.clear()
-        context = multiprocessing.get_context("spawn")
-        children: list[tuple[list[int], Any, Any]] = []
-        try:
-            for vps in shares[1:]:
-                receive, send = context.Pipe(duplex=False)
-                process = context.Process(
-                    target=_kafka_worker,
-                    args=(log_url, store_url, vps, ends, consumer, batch_size, _log_levels(), send),
-                    name=f"rebuild-worker-{vps[0]}",
-                    daemon=True,
-                )
-                process.start()
-                send.close()
-                children.append((vps, process, receive))
-            mine = shares[0] if shares else []
-            total, failures = _replay_partitions(layout, store, mine, ends, consumer, batch_size)
-            errors: list[str] = []
-            for vps, process, receive in children:
-                try:
-                    outcome = receive.recv()
-                except EOFError:
-                    outcome = ("error", f"the worker process exited with code {process.exitcode}")
-                process.join()
-                if outcome[0] == "ok":
-                    total += outcome[1]
-                    failures += outcome[2]
-                else:
-                    errors.append(f"partitions {vps}: {outcome[1]}")
-        finally:
-            for _, process, receive in children:
-                receive.close()
-                if process.is_alive():
-                    process.terminate()
-                    process.join()
+        mine = shares[0] if shares else []
+        levels = _log_levels()
+        (total, failures), outcomes = fan_out(
+            _kafka_worker,
+            [
+                (f"rebuild-worker-{vps[0]}", (log_url, store_url, vps, ends, consumer, batch_size, levels))
+                for vps in shares[1:]
+            ],
+            lambda: _replay_partitions(layout, store, mine, ends, consumer, batch_size),
+        )
+        errors: list[str] = []
+        for vps, outcome in zip(shares[1:], outcomes, strict=True):
+            if outcome[0] == "ok":
+                total += outcome[1]
+                failures += outcome[2]
+            else:
+                errors.append(f"partitions {vps}: {outcome[1]}")
         if errors:
             raise Unavailable("the rebuild failed (run it again): " + "; ".join(errors))
         seconds = time.perf_counter() - t0
@@ -345,6 +328,44 @@ def rebuild_from_kafka(
         )
     finally:
         store.close()
+
+
+T = TypeVar("T")
+
+
+def fan_out(
+    target: Callable[..., None], jobs: Sequence[tuple[str, tuple[Any, ...]]], mine: Callable[[], T]
+) -> tuple[T, list[tuple[Any, ...]]]:
+    """Start one spawned process per job (`name`, `args`) running `target(*args, reply)`, run
+    `mine()` here meanwhile, then collect each job's outcome in job order: what the worker sent
+    through `reply` ("ok", ...) or ("error", message), also when it died without a word.
+    `spawn`: a worker inherits none of this process's threads or connections. Workers still
+    running when this fails are terminated."""
+    context = multiprocessing.get_context("spawn")
+    children: list[tuple[Any, Any]] = []
+    try:
+        for name, args in jobs:
+            receive, send = context.Pipe(duplex=False)
+            process = context.Process(target=target, args=(*args, send), name=name, daemon=True)
+            process.start()
+            send.close()
+            children.append((process, receive))
+        result = mine()
+        outcomes: list[tuple[Any, ...]] = []
+        for process, receive in children:
+            try:
+                outcome = receive.recv()
+            except EOFError:
+                outcome = ("error", f"the worker process exited with code {process.exitcode}")
+            process.join()
+            outcomes.append(tuple(outcome))
+        return result, outcomes
+    finally:
+        for process, receive in children:
+            receive.close()
+            if process.is_alive():
+                process.terminate()
+                process.join()
 
 
 def _deal(vps: list[int], sizes: dict[int, int], workers: int) -> list[list[int]]:

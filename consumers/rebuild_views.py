@@ -19,17 +19,11 @@ from __future__ import annotations
 
 import gc
 import logging
-import multiprocessing
 import time
 from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
-from consumers.rebuild import (
-    RebuildResult,
-    _log_levels,
-    _read_log,
-    _replay,
-)
+from consumers.rebuild import RebuildResult, _log_levels, _read_log, _replay, fan_out
 from consumers.runner import check_views
 from coordinator.errors import InvalidArgument, Unavailable
 from coordinator.eventlog.base import EventLog, RecordedEvent
@@ -154,40 +148,23 @@ def rebuild_by_views(
         processes = max(1, min(workers, sum(head.values()) // max(min_events_per_worker, 1)))
         groups = [[v.name for v in group] for group in split_views(views, processes)]
         store.clear()
-        context = multiprocessing.get_context("spawn")  # inherit no threads or connections
-        children: list[tuple[list[str], Any, Any]] = []
+        levels = _log_levels()
+        (total, failures), outcomes = fan_out(
+            _worker,
+            [
+                (f"rebuild-views-{names[0]}", (log_url, store_url, names, head, consumer, batch_size, levels))
+                for names in groups[1:]
+            ],
+            lambda: _replay_group(log_url, store_url, groups[0], head, consumer, batch_size),
+        )
         errors: list[str] = []
-        try:
-            for names in groups[1:]:
-                receive, send = context.Pipe(duplex=False)
-                process = context.Process(
-                    target=_worker,
-                    args=(log_url, store_url, names, head, consumer, batch_size, _log_levels(), send),
-                    name=f"rebuild-views-{names[0]}",
-                    daemon=True,
-                )
-                process.start()
-                send.close()
-                children.append((names, process, receive))
-            total, failures = _replay_group(log_url, store_url, groups[0], head, consumer, batch_size)
-            for names, process, receive in children:
-                try:
-                    outcome = receive.recv()
-                except EOFError:
-                    outcome = ("error", f"the worker process exited with code {process.exitcode}")
-                process.join()
-                if outcome[0] == "ok":
-                    failures += outcome[2]
-                    if outcome[1] != total:
-                        errors.append(f"views {names}: replayed {outcome[1]} events, not {total}")
-                else:
-                    errors.append(f"views {names}: {outcome[1]}")
-        finally:
-            for _, process, receive in children:
-                receive.close()
-                if process.is_alive():
-                    process.terminate()
-                    process.join()
+        for names, outcome in zip(groups[1:], outcomes, strict=True):
+            if outcome[0] != "ok":
+                errors.append(f"views {names}: {outcome[1]}")
+                continue
+            failures += outcome[2]
+            if outcome[1] != total:
+                errors.append(f"views {names}: replayed {outcome[1]} events, not {total}")
         if errors:
             raise Unavailable("the rebuild failed (run it again): " + "; ".join(errors))
         seconds = time.perf_counter() - t0
