@@ -314,20 +314,34 @@ def rebuild_from_kafka(
                 failures += outcome[2]
             else:
                 errors.append(f"partitions {vps}: {outcome[1]}")
-        if errors:
-            raise Unavailable("the rebuild failed (run it again): " + "; ".join(errors))
-        seconds = time.perf_counter() - t0
-        if failures:
-            logger.warning("rebuild: %d (event, view) applications failed and were skipped", failures)
-        return RebuildResult(
-            events=total,
-            seconds=seconds,
-            checksum=store.checksum() if checksum else "",
-            checkpoint=store.checkpoint(consumer),
-            processes=max(len(shares), 1),
-        )
+        return split_result(store, consumer, t0, total, failures, errors, max(len(shares), 1), checksum)
     finally:
         store.close()
+
+
+def split_result(
+    store: ProjectionStore,
+    consumer: str,
+    t0: float,
+    total: int,
+    failures: int,
+    errors: list[str],
+    processes: int,
+    checksum: bool,
+) -> RebuildResult:
+    """The result of a rebuild split over processes, or `Unavailable` naming what failed."""
+    if errors:
+        raise Unavailable("the rebuild failed (run it again): " + "; ".join(errors))
+    seconds = time.perf_counter() - t0
+    if failures:
+        logger.warning("rebuild: %d (event, view) applications failed and were skipped", failures)
+    return RebuildResult(
+        events=total,
+        seconds=seconds,
+        checksum=store.checksum() if checksum else "",
+        checkpoint=store.checkpoint(consumer),
+        processes=processes,
+    )
 
 
 T = TypeVar("T")

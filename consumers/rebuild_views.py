@@ -23,13 +23,11 @@ import time
 from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
-from consumers.rebuild import RebuildResult, _log_levels, _read_log, _replay, fan_out
+from consumers.rebuild import RebuildResult, _log_levels, _read_log, _replay, fan_out, split_result
 from consumers.runner import check_views
-from coordinator.errors import InvalidArgument, Unavailable
+from coordinator.errors import InvalidArgument
 from coordinator.eventlog.base import EventLog, RecordedEvent
 from projections.base import View
-
-logger = logging.getLogger(__name__)
 
 VIEW_COST_US: Mapping[str, float] = {
     "throughput": 9.3,
@@ -165,18 +163,7 @@ def rebuild_by_views(
             failures += outcome[2]
             if outcome[1] != total:
                 errors.append(f"views {names}: replayed {outcome[1]} events, not {total}")
-        if errors:
-            raise Unavailable("the rebuild failed (run it again): " + "; ".join(errors))
-        seconds = time.perf_counter() - t0
-        if failures:
-            logger.warning("rebuild: %d (event, view) applications failed and were skipped", failures)
-        return RebuildResult(
-            events=total,
-            seconds=seconds,
-            checksum=store.checksum() if checksum else "",
-            checkpoint=store.checkpoint(consumer),
-            processes=len(groups),
-        )
+        return split_result(store, consumer, t0, total, failures, errors, len(groups), checksum)
     finally:
         store.close()
         log.close()

@@ -286,15 +286,20 @@ def _match(
             sim = _similarity(kind or "", k, g, scoring)
             if sim >= threshold:
                 candidates.append((-sim, i, j))
-    candidates.sort()
-    used_k: set[int] = set()
-    used_g: set[int] = set()
+    return greedy_pairs(candidates)
+
+
+def greedy_pairs(candidates: list[tuple[float, int, int]]) -> list[float]:
+    """Similarities of a greedy one-to-one matching of candidate pairs `(-similarity, i, j)`:
+    most similar first, ties to the earlier `i`, then `j`; each `i` and `j` is used once."""
+    used_i: set[int] = set()
+    used_j: set[int] = set()
     out: list[float] = []
-    for neg, i, j in candidates:
-        if i in used_k or j in used_g:
+    for neg, i, j in sorted(candidates):
+        if i in used_i or j in used_j:
             continue
-        used_k.add(i)
-        used_g.add(j)
+        used_i.add(i)
+        used_j.add(j)
         out.append(-neg)
     return out
 

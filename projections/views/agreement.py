@@ -45,7 +45,7 @@ from collections import Counter
 from typing import Any, Final
 
 from coordinator._pb.labelweave.events.v1 import annotation_pb2
-from coordinator.domain.gold import OKS_KINDS, Scoring, _similarity
+from coordinator.domain.gold import OKS_KINDS, Scoring, _similarity, greedy_pairs
 from coordinator.eventlog.base import RecordedEvent
 from projections.base import SHARD_SEP, Doc, ViewTx, shard_of
 from projections.views.taskstate import imported_of, payload_kind
@@ -95,22 +95,14 @@ def match(
 ) -> list[float]:
     """Similarities of the greedily matched pairs (most similar first; ties: earlier shapes); a
     pair is a candidate when its similarity is > 0 and >= `threshold`."""
-    candidates = sorted(
-        (-s, i, j)
-        for i, x in enumerate(xs)
-        for j, y in enumerate(ys)
-        if (s := similarity(kind, x, y)) > 0 and s >= threshold
+    return greedy_pairs(
+        [
+            (-s, i, j)
+            for i, x in enumerate(xs)
+            for j, y in enumerate(ys)
+            if (s := similarity(kind, x, y)) > 0 and s >= threshold
+        ]
     )
-    used_x: set[int] = set()
-    used_y: set[int] = set()
-    out: list[float] = []
-    for neg, i, j in candidates:
-        if i in used_x or j in used_y:
-            continue
-        used_x.add(i)
-        used_y.add(j)
-        out.append(-neg)
-    return out
 
 
 def _shape(raw: Doc) -> annotation_pb2.Shape:
