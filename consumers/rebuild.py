@@ -10,13 +10,17 @@ complete: a document it does not hold does not exist. Two things follow, used he
 - A delete of a document that does not exist (a queue row added and removed within one batch,
   say; 23 % of all changes in `bench.distributed`'s log) is dropped instead of written.
 - With a store that can split a commit into serializing and writing (`PipelinedStore`: the
-  Cassandra store), the write of batch k runs in a background thread while batch k + 1 is
-  applied. Commits stay one at a time and in log order, each with its own checkpoint, so the
-  store holds a prefix of the log at any time; they are *bulk* commits (no redo record: an
+  Cassandra and SQLite stores), the write of batch k runs in a background thread while batch
+  k + 1 is applied (unless every core already replays: `rebuild_by_views`). For that to overlap
+  at all, the write must hold the GIL released while it works: Cassandra waits on the network,
+  and SQLite inserts a bulk commit's rows with one statement (`projections/sqlite.py`).
+  Commits stay one at a time and in log order, each with its own checkpoint, so the store
+  holds a prefix of the log at any time; they are *bulk* commits (no redo record: an
   unfinished one makes the store refuse to resume, see `projections/cassandra.py`), since a
   rebuild that fails is run again from scratch. Batch k + 1 only reads documents from the cache
-  (which holds batch k's writes before they land), except after a view failure or a cache
-  eviction, and both first wait for the write in flight.
+  (which holds batch k's writes before they land), except after a view failure or when it
+  needs a document the cache evicted, and both first wait for the write in flight. Evicting
+  itself does not wait (it drained the pipeline at every batch once the cache was full).
 
 The log is read through `log.read` (any `EventLog`), or from a `ReplaySource`: the Kafka log's
 `KafkaReplay` reads the event topics directly instead of filling a replica index first.
@@ -31,7 +35,7 @@ import gc
 import logging
 import multiprocessing
 import time
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, Protocol, TypeVar, runtime_checkable
@@ -39,7 +43,7 @@ from typing import Any, Protocol, TypeVar, runtime_checkable
 from consumers.runner import DocCache, apply_batch, check_views, checkpoint_of
 from coordinator.errors import InvalidArgument, Unavailable
 from coordinator.eventlog.base import Checkpoint, EventLog, RecordedEvent
-from projections.base import Change, Delete, ProjectionStore, View
+from projections.base import Change, Delete, Doc, ProjectionStore, View, changes_of
 
 logger = logging.getLogger(__name__)
 
@@ -120,17 +124,38 @@ def rebuild(
 
 class _Writer:
     """Commits in order: inline for an ordinary store; for a `PipelinedStore`, one bulk commit at
-    a time in a background thread, overlapping the next batch's views."""
+    a time in a background thread, overlapping the next batch's views — unless `background` is
+    False: when every core already replays (`rebuild_by_views`), a write thread only adds
+    switching, and inline writes cost the least CPU."""
 
-    def __init__(self, store: ProjectionStore, consumer: str) -> None:
+    def __init__(self, store: ProjectionStore, consumer: str, background: bool = True) -> None:
         self._store = store
         self._consumer = consumer
         self._pool = (
             ThreadPoolExecutor(1, thread_name_prefix="rebuild-commit")
-            if isinstance(store, PipelinedStore)
+            if background and isinstance(store, PipelinedStore)
             else None
         )
         self._in_flight: Future[None] | None = None
+
+    def commit_pending(
+        self, pending: Mapping[tuple[str, str, str], Doc | None], checkpoint: Checkpoint
+    ) -> None:
+        """`commit(changes_of(pending), checkpoint)`; a store with `prepare_pending` (SQLite)
+        encodes the mapping straight away, without `Change` objects."""
+        store = self._store
+        prepare = getattr(store, "prepare_pending", None)
+        if prepare is None or not isinstance(store, PipelinedStore):
+            self.commit(changes_of(pending), checkpoint)
+            return
+        prepared = prepare(pending)  # serialized here: later batches edit the documents
+        if self._pool is None:
+            store.commit_prepared(self._consumer, prepared, checkpoint)
+            return
+        self.wait()
+        self._in_flight = self._pool.submit(
+            store.commit_prepared, self._consumer, prepared, dict(checkpoint), bulk=True
+        )
 
     def commit(self, changes: Sequence[Change], checkpoint: Checkpoint) -> None:
         store = self._store
@@ -155,22 +180,34 @@ class _Writer:
 
 
 class _RebuildCache(DocCache):
-    """The rebuild's cache. Before it stops being authoritative for a key (an eviction, or
-    `clear()` after a view failure), the commit in flight must land: the store is read next."""
+    """The rebuild's cache. Before the store is read for a key the cache no longer knows (it was
+    evicted, or `clear()` after a view failure), the commit in flight must land. Evicting does
+    not wait: waiting there drained the write pipeline at every batch once the cache was full
+    (a rebuild of 100k tasks spent 2 s of its 7 s there), while reads of evicted keys are rare."""
 
     def __init__(self, wait: Callable[[], None]) -> None:
         super().__init__(CACHE_CAPACITY)
         self.complete = True  # the store is empty: a document not in the cache does not exist
         self._wait = wait
 
-    def remember(self, changes: Sequence[Change]) -> None:
-        if len(self.docs) + len(changes) > self.capacity:  # this may evict
-            self._wait()
-        super().remember(changes)
+    def before_read(self) -> None:
+        self._wait()
 
     def clear(self) -> None:
         self._wait()
         super().clear()
+
+    def drop_noop_deletes(self, pending: dict[tuple[str, str, str], Doc | None]) -> None:
+        """Remove from `pending` the deletes of documents that do not exist (before
+        `remember_pending(pending)`)."""
+        docs = self.docs
+        noop = [
+            key
+            for key, value in pending.items()
+            if value is None and (docs[key] is None if key in docs else not self.must_read(key))
+        ]
+        for key in noop:
+            del pending[key]
 
     def without_noop_deletes(self, changes: list[Change]) -> list[Change]:
         """`changes` minus deletes of documents that do not exist (before `remember(changes)`)."""
@@ -223,9 +260,15 @@ def _rebuild(
 
 
 def _replay(
-    source: Iterable[list[RecordedEvent]], store: ProjectionStore, views: Sequence[View], consumer: str
+    source: Iterable[list[RecordedEvent]],
+    store: ProjectionStore,
+    views: Sequence[View],
+    consumer: str,
+    *,
+    background: bool = True,
 ) -> tuple[int, int]:
-    """Apply and commit every batch of `source` into the (cleared) store: (events, view failures)."""
+    """Apply and commit every batch of `source` into the (cleared) store: (events, view failures).
+    `background`: see `_Writer`."""
     failures = 0
 
     def on_error(view: View, ev: RecordedEvent, exc: BaseException) -> None:
@@ -235,15 +278,16 @@ def _replay(
             "rebuild: view %s failed on event at %s (%s); skipped: %r", view.name, ev.position, ev.type, exc
         )
 
-    writer = _Writer(store, consumer)
+    writer = _Writer(store, consumer, background)
     try:
         cache = _RebuildCache(writer.wait)
         total = 0
         for events in source:
-            tx = apply_batch(store, views, events, on_error, cache)
-            changes = cache.without_noop_deletes(tx.changes()) if cache.complete else tx.changes()
-            writer.commit(changes, checkpoint_of(events))
-            cache.remember(changes)
+            pending = apply_batch(store, views, events, on_error, cache).pending
+            if cache.complete:
+                cache.drop_noop_deletes(pending)
+            writer.commit_pending(pending, checkpoint_of(events))
+            cache.remember_pending(pending)
             total += len(events)
         writer.wait()
     finally:

@@ -23,7 +23,7 @@ import itertools
 import logging
 import threading
 import time
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Container, Iterable, Mapping, Sequence
 from typing import Any
 
 from consumers.gauges import ProjectionGauges
@@ -91,11 +91,11 @@ class DocCache:
     collections. Views must `put` every document they change (they mutate what `get` returns).
 
     `complete` means "the store holds nothing the cache does not know", e.g. right after
-    `clear()`; then a miss is an absent row and needs no store read. Eviction (oldest first by
-    insertion, beyond `capacity` documents) keeps completeness by remembering the hashes of
-    evicted keys: a miss on one of those reads the store, any other miss is an absent row. (A
-    hash collision only costs a needless read.) Without this, a rebuild of 100k tasks outgrew
-    the cache and paid one SELECT per new document.
+    `clear()`; then a miss is an absent row and needs no store read. Eviction (oldest first, beyond
+    `capacity` documents, but never what the last batch wrote: hot counters stay) keeps
+    completeness by remembering the hashes of evicted keys: a miss on one of those reads the
+    store, any other miss is an absent row. (A hash collision only costs a needless read.)
+    Without this, a rebuild of 100k tasks outgrew the cache and paid one SELECT per new document.
     """
 
     def __init__(self, capacity: int = 250_000) -> None:
@@ -109,12 +109,33 @@ class DocCache:
         for ch in changes:
             docs[ch[:3]] = ch[3] if type(ch) is Put or isinstance(ch, Put) else None
         if len(docs) > self.capacity:
-            drop = len(docs) - self.capacity * 9 // 10
-            dropped = list(itertools.islice(docs, drop))
-            if self.complete:
-                self.evicted.update(map(hash, dropped))
-            for key in dropped:
-                del docs[key]
+            self._evict({ch[:3] for ch in changes})
+
+    def remember_pending(self, pending: Mapping[tuple[str, str, str], Doc | None]) -> None:
+        """`remember(changes_of(pending))`, without building the changes."""
+        docs = self.docs
+        docs.update(pending)
+        if len(docs) > self.capacity:
+            self._evict(pending)
+
+    def _evict(self, recent: Container[tuple[str, str, str]]) -> None:
+        """Drop the oldest documents down to 90 % of the capacity, except those in `recent` (the
+        batch just remembered), which move to the end: counters every batch writes stay."""
+        docs = self.docs
+        oldest = list(itertools.islice(docs, len(docs) - self.capacity * 9 // 10))
+        dropped = [key for key in oldest if key not in recent]
+        if len(dropped) < len(oldest):
+            for key in oldest:
+                if key in recent:
+                    docs[key] = docs.pop(key)
+        if self.complete:
+            self.evicted.update(map(hash, dropped))
+        for key in dropped:
+            del docs[key]
+
+    def before_read(self) -> None:
+        """Called before a miss is read from the store (a hook: the rebuild's cache waits there
+        for its commit in flight)."""
 
     def must_read(self, key: tuple[str, str, str]) -> bool:
         """Whether a key absent from `docs` may exist in the store."""
@@ -143,6 +164,7 @@ class _ReadThrough(ProjectionStore):
         cache = self._cache
         if cache.complete and (not cache.evicted or hash(key) not in cache.evicted):  # = not must_read
             return None
+        cache.before_read()
         doc = self._store.get(collection, pk, sk)
         docs[key] = doc
         return doc

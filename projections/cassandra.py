@@ -80,12 +80,12 @@ from cassandra.query import (  # type: ignore[import-untyped]
 from coordinator.errors import FailedPrecondition, InvalidArgument, LabelweaveError, Unavailable
 from coordinator.eventlog.base import Checkpoint
 from projections.base import Change, Delete, Doc, ProjectionStore, Put
-from projections.jsonfast import compact_json
+from projections.jsonfast import compact_json, loads
 
 logger = logging.getLogger(__name__)
 
 _dumps = compact_json
-_loads = json.loads
+_loads = loads
 
 SCHEME = "cassandra://"
 DRIVER_ERRORS: tuple[type[BaseException], ...] = (

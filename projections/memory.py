@@ -8,17 +8,16 @@ partition keeps its sort keys in a sorted list, so scans are a bisect plus a sli
 from __future__ import annotations
 
 import bisect
-import json
 import threading
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
 from coordinator.eventlog.base import Checkpoint
 from projections.base import Change, Delete, Doc, ProjectionStore, Put
-from projections.jsonfast import compact_json
+from projections.jsonfast import compact_json, loads
 
 _dumps = compact_json
-_loads = json.loads
+_loads = loads
 
 
 @dataclass

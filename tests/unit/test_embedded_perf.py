@@ -140,3 +140,60 @@ def test_timestamp_equals_protobuf_from_datetime() -> None:
         expected.FromDatetime(dt.astimezone(UTC))
         assert codec.timestamp(dt) == expected
         assert codec.from_timestamp(codec.timestamp(dt)) == dt
+
+
+def _rows(store: SqliteStore) -> list[tuple[str, str, str, object]]:
+    return [(c, p, s, v) for c, p, s, v in store.items()]
+
+
+def test_a_big_bulk_commit_is_one_statement_and_writes_what_executemany_writes(tmp_path: Path) -> None:
+    from projections.sqlite import JSON_INSERT_MIN_ROWS
+
+    n = JSON_INSERT_MIN_ROWS + 5
+    changes = [
+        Put("c", f"p{i % 7}", f"s{i:04d}", {"i": i, "name": 'Zoë 東京 "q" \\ \n', "f": i / 3})
+        for i in range(n)
+    ] + [Put("d", "p", "", {"nested": [{"a": None}, [], {}]})]
+    one = SqliteStore(f"sqlite:///{tmp_path / 'one.db'}")
+    many = SqliteStore(f"sqlite:///{tmp_path / 'many.db'}")
+    statements: list[str] = []
+    one._writer.set_trace_callback(statements.append)
+    try:
+        one.commit_prepared("embedded", one.prepare_commit(changes), {0: 1}, bulk=True)
+        many.commit("embedded", changes, {0: 1})  # not bulk: executemany
+        inserts = [s for s in statements if s.startswith("INSERT OR REPLACE INTO docs")]
+        assert len(inserts) == 1 and "json_each" in inserts[0]
+        assert _rows(one) == _rows(many) and len(_rows(one)) == n + 1
+        assert one.checksum() == many.checksum()
+    finally:
+        one.close()
+        many.close()
+
+
+def test_a_bulk_load_store_skips_the_wal_and_turns_to_wal_when_opened_again(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'scratch.db'}"
+    bulk = SqliteStore(url, bulk=True)
+    try:
+        assert bulk._writer.execute("PRAGMA journal_mode").fetchone()[0] == "memory"
+        assert bulk._writer.execute("PRAGMA page_size").fetchone()[0] == 16384
+        assert bulk._writer.execute("PRAGMA synchronous").fetchone()[0] == 0
+        bulk.commit_prepared(
+            "embedded", bulk.prepare_commit([Put("c", "p", "", {"v": 1})]), {0: 7}, bulk=True
+        )
+    finally:
+        bulk.close()  # fsyncs the file
+    assert not (tmp_path / "scratch.db-wal").exists()
+    again = SqliteStore(url)
+    try:
+        assert again._writer.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+        assert again.get("c", "p") == {"v": 1}
+        assert again.checkpoint("embedded") == {0: 7}
+    finally:
+        again.close()
+    # a file already in WAL mode (say, a live store) stays in WAL mode when opened for bulk
+    live = SqliteStore(url, bulk=True)
+    try:
+        assert live._writer.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+        assert live.get("c", "p") == {"v": 1}
+    finally:
+        live.close()

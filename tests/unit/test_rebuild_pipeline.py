@@ -5,15 +5,17 @@ checks every read for a stale value."""
 from __future__ import annotations
 
 import json
+import sys
 import threading
 import time
 from collections.abc import Sequence
+from typing import Any
 
 import pytest
 
 import consumers.rebuild as rebuild_module
 from consumers.rebuild import PipelinedStore, rebuild
-from consumers.runner import ProjectionRunner
+from consumers.runner import DocCache, ProjectionRunner
 from coordinator.eventlog.base import Checkpoint
 from coordinator.eventlog.memory import MemoryEventLog
 from projections.base import Change, Delete, Doc, Put, View
@@ -35,6 +37,7 @@ class SlowPipelinedStore(MemoryStore):
         self.stale_reads: list[tuple[str, str, str]] = []
         self.noop_deletes: list[tuple[str, str, str]] = []
         self.offsets: list[int] = []
+        self.overlapped = 0  # batches prepared while a write was in flight
         self._lock2 = threading.Lock()
         self._writing: set[tuple[str, str, str]] = set()
 
@@ -45,6 +48,8 @@ class SlowPipelinedStore(MemoryStore):
         return super().get(collection, pk, sk)
 
     def prepare_commit(self, changes: Sequence[Change]) -> Frozen:
+        with self._lock2:
+            self.overlapped += bool(self._writing)
         return [
             (c.collection, c.pk, c.sk, json.dumps(c.value) if isinstance(c, Put) else None) for c in changes
         ]
@@ -132,6 +137,43 @@ def test_evictions_and_view_failures_wait_for_the_write_in_flight(monkeypatch: p
     assert result.checksum == expected
     assert store.stale_reads == []
     assert metric_totals(store) == work.counts
+
+
+def test_a_full_cache_waits_for_the_write_only_before_reading_an_evicted_document(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Evicting does not drain the pipeline (it did at every batch once the cache was full); a
+    read of an evicted document still waits for the write in flight (no stale read)."""
+    log = MemoryEventLog()
+    work = Workload(log, seed=15)
+    work.project()
+    for i in range(300):
+        work.append(f"task:t{i:05d}", *next(work.task_script(i)))
+    monkeypatch.setattr(rebuild_module, "CACHE_CAPACITY", 300)  # a batch writes ~120 documents
+    waits: list[str] = []
+    real_wait = rebuild_module._Writer.wait
+
+    def wait(writer: Any) -> None:
+        waits.append(sys._getframe(1).f_code.co_name)
+        real_wait(writer)
+
+    monkeypatch.setattr(rebuild_module._Writer, "wait", wait)
+    evictions = 0
+    real_evict = DocCache._evict
+
+    def evict(cache: DocCache, recent: Any) -> None:
+        nonlocal evictions
+        evictions += 1
+        real_evict(cache, recent)
+
+    monkeypatch.setattr(DocCache, "_evict", evict)
+    store = SlowPipelinedStore(delay=0.002)
+    result = rebuild(log, store, batch_size=10)
+    assert result.checksum == live_checksum(log)
+    assert store.stale_reads == []
+    assert evictions > 5
+    assert set(waits) <= {"commit", "commit_pending", "before_read", "_replay"}, set(waits)
+    assert waits.count("before_read") < len(store.offsets)
 
 
 def test_a_failed_write_fails_the_rebuild() -> None:

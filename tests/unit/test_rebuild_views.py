@@ -27,6 +27,16 @@ def test_views_are_split_into_balanced_groups_each_view_once() -> None:
         split_views(views, 0)
 
 
+def test_processes_that_start_later_get_less_work() -> None:
+    views = default_views()
+    handicap = 9.0
+    first, second = (sum(VIEW_COST_US.get(v.name, 1.0) for v in g) for g in split_views(views, 2, handicap))
+    assert first > second
+    assert abs(first - (second + handicap)) <= max(VIEW_COST_US.values())
+    for groups in split_views(views, 3, 1e9), split_views(views, 11, 1e9):  # still one view each at least
+        assert all(groups) and sum(map(len, groups)) == len(views)
+
+
 @pytest.mark.parametrize("workers", [1, 2, 3])
 def test_a_rebuild_by_view_groups_equals_a_one_process_rebuild(tmp_path: Path, workers: int) -> None:
     log_url = f"sqlite:///{tmp_path / 'events.db'}"

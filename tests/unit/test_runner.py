@@ -478,8 +478,11 @@ def test_a_complete_cache_that_evicts_still_reads_evicted_rows_and_skips_unknown
     cache.complete = True
     changes = [Put("c", f"k{i}", "", {"i": i}) for i in range(30)]
     store.commit("t", changes, {0: 30})
-    cache.remember(changes)  # evicts the oldest rows
+    cache.remember(changes[:25])  # one batch bigger than the capacity: all kept for now
+    assert len(cache.docs) == 25
+    cache.remember(changes[25:])  # evicts the oldest rows, not the batch just remembered
     assert len(cache.docs) <= 10
+    assert all(("c", f"k{i}", "") in cache.docs for i in range(25, 30))
     reads: list[tuple[str, str, str]] = []
 
     class Counting(MemoryStore):
