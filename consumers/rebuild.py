@@ -47,8 +47,11 @@ from projections.base import Change, Delete, Doc, ProjectionStore, View, changes
 
 logger = logging.getLogger(__name__)
 
-CACHE_CAPACITY = 250_000
-"""Documents the rebuild keeps in its cache (`DocCache.capacity`)."""
+CACHE_CAPACITY = 1_000_000
+"""Documents a rebuild process keeps in its cache (`DocCache.capacity`). A view group of a
+100k-task log writes ~550k documents: with 250k the cache evicted and read back, and the process
+spent ~12 % more CPU; the price is memory, ~0.45-0.55 GB per process at 100k tasks instead of
+~0.36 GB (docs/benchmarks.md, pass 4). Beyond this the cache evicts, oldest first."""
 SPLIT_MIN_EVENTS = 20_000
 """`rebuild_from_kafka` starts another process only for this many events (records up to the
 head) per process: a worker takes about a second to start (spawn, imports, connections), what one
