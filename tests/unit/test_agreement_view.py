@@ -8,7 +8,6 @@ from __future__ import annotations
 import itertools
 import random
 import uuid
-import zlib
 from datetime import UTC, datetime, timedelta
 
 import krippendorff
@@ -23,12 +22,11 @@ from coordinator._pb.labelweave.events.v1 import model_pb2 as M
 from coordinator.domain.commands import ImportTask, LeaseTask, ReopenTask, SubmitAnnotation, TaskCommand
 from coordinator.domain.review import resolve_pipeline
 from coordinator.domain.task import TaskState, decide_task, evolve_task
-from coordinator.eventlog import codec
-from coordinator.eventlog.base import Position, RecordedEvent
+from coordinator.eventlog.base import RecordedEvent
 from projections import agreement_queries as aq
-from projections.base import StagedTx
 from projections.memory import MemoryStore
 from projections.views.agreement import AgreementView
+from tests.unit.viewkit import Recorder, apply_as_one_batch, apply_interleavings, repartition
 
 T0 = datetime(2026, 3, 2, 9, 0, tzinfo=UTC)
 PROJECT = "proj"
@@ -36,13 +34,12 @@ PEOPLE = ["ann", "bob", "cid", "dan", "eve"]
 CATS = ["1", "2", "3", "4"]
 
 
-class History:
+class History(Recorder):
     """Decides commands on per-task states and keeps the events as one partition's log."""
 
     def __init__(self) -> None:
+        super().__init__(T0)
         self.tasks: dict[str, TaskState] = {}
-        self.events: list[RecordedEvent] = []
-        self.now = T0
 
     def do(self, cmd: TaskCommand) -> None:
         task_id = cmd.spec.task_id if isinstance(cmd, ImportTask) else cmd.task_id
@@ -50,15 +47,7 @@ class History:
         self.now += timedelta(seconds=1)
         for payload in decide_task(state, cmd):
             state = evolve_task(state, payload)
-            env = codec.make_envelope(
-                payload,
-                stream_id=f"task:{task_id}",
-                actor_id="x",
-                actor_role=M.ROLE_ADMIN,
-                command_id=uuid.uuid4().hex,
-                occurred_at=self.now,
-            )
-            self.events.append(RecordedEvent(Position(0, len(self.events) + 1), env, codec.encode(env)))
+            self.append(payload, stream=f"task:{task_id}", command_id=uuid.uuid4().hex, recorded_at=False)
         assert state is not None
         self.tasks[task_id] = state
 
@@ -87,13 +76,7 @@ def box(x: float, y: float, w: float, h: float) -> A.Shape:
 
 
 def project(events: list[RecordedEvent]) -> MemoryStore:
-    store = MemoryStore()
-    tx = StagedTx(store)
-    view = AgreementView()
-    for ev in events:
-        view.apply(ev, tx)
-    store.commit("test", tx.changes(), {0: len(events)})
-    return store
+    return apply_as_one_batch(events, lambda: [AgreementView()])
 
 
 def simulate(
@@ -216,33 +199,11 @@ def test_a_second_submission_of_a_person_in_a_round_is_ignored_and_rounds_are_it
 def test_partitions_applied_in_any_interleaving_give_the_same_rows() -> None:
     h, _, _ = simulate(seed=3, items=40)
     one = project(h.events)
-    by_partition: dict[int, list[RecordedEvent]] = {}
-    for ev in h.events:
-        part = zlib.crc32(ev.stream_id.encode()) % 4
-        events = by_partition.setdefault(part, [])
-        events.append(RecordedEvent(Position(part, len(events) + 1), ev.envelope, ev.data))
+    by_partition = repartition(h.events)
     assert len(by_partition) > 1
-
-    def apply(order: list[RecordedEvent]) -> MemoryStore:
-        store = MemoryStore()
-        view = AgreementView()
-        for ev in order:
-            tx = StagedTx(store)
-            view.apply(ev, tx)
-            store.commit("test", tx.changes(), {ev.position.partition: ev.position.offset})
-        return store
-
-    parts = sorted(by_partition)
-    sequential = apply([ev for p in parts for ev in by_partition[p]])
-    backwards = apply([ev for p in reversed(parts) for ev in by_partition[p]])
-    rng = random.Random(5)
-    cursors = dict.fromkeys(parts, 0)
-    shuffled: list[RecordedEvent] = []
-    while any(cursors[p] < len(by_partition[p]) for p in parts):
-        p = rng.choice([p for p in parts if cursors[p] < len(by_partition[p])])
-        shuffled.append(by_partition[p][cursors[p]])
-        cursors[p] += 1
-    interleaved = apply(shuffled)
+    sequential, backwards, interleaved = apply_interleavings(
+        by_partition, seed=5, views=lambda: [AgreementView()]
+    )
     assert sequential.checksum() == backwards.checksum() == interleaved.checksum()
     # the shards sum to the one-partition numbers
     want = aq.agreement(one, PROJECT)

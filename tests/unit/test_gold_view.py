@@ -4,9 +4,7 @@ review feed; and the single-writer rule under any interleaving of log partitions
 
 from __future__ import annotations
 
-import random
 import uuid
-import zlib
 from datetime import UTC, datetime, timedelta
 
 from coordinator._pb.labelweave.events.v1 import annotation_pb2 as A
@@ -22,12 +20,9 @@ from coordinator.domain.commands import (
     SubmitAnnotation,
 )
 from coordinator.domain.gold import Scoring, qualification_of
-from coordinator.eventlog import codec
-from coordinator.eventlog.base import Position, RecordedEvent
+from coordinator.eventlog.base import RecordedEvent
 from projections import gold_queries as gq
-from projections.base import StagedTx
-from projections.memory import MemoryStore
-from projections.views import default_views
+from tests.unit.viewkit import Recorder, apply_event_by_event, apply_interleavings, repartition
 
 T0 = datetime(2026, 4, 6, 9, 0, tzinfo=UTC)
 P = "proj"
@@ -47,14 +42,13 @@ ANSWER = A.Annotation(
 HALF = A.Annotation(shapes=[A.Shape(label="car", box=A.BoundingBox(x=1, y=0, width=10, height=10))])
 
 
-class Log:
+class Log(Recorder):
     """Decides commands on per-stream states and keeps the events as one partition's log; every
     gold answer is followed by its RecordGoldResult, as the service does."""
 
     def __init__(self) -> None:
+        super().__init__(T0)
         self.states: dict[str, aggregates.State] = {}
-        self.events: list[RecordedEvent] = []
-        self.now = T0
 
     def do(self, cmd: aggregates.Command, command_id: str = "") -> list[RecordedEvent]:
         stream = aggregates.stream_of(cmd)
@@ -65,18 +59,7 @@ class Log:
         for payload in payloads:
             self.now += timedelta(seconds=1)
             state = aggregates.evolve(state, payload)
-            env = codec.make_envelope(
-                payload,
-                stream_id=stream,
-                actor_id="x",
-                actor_role=M.ROLE_ADMIN,
-                command_id=command_id,
-                occurred_at=self.now,
-            )
-            env.recorded_at.CopyFrom(codec.timestamp(self.now))
-            ev = RecordedEvent(Position(0, len(self.events) + 1), env, codec.encode(env))
-            self.events.append(ev)
-            out.append(ev)
+            out.append(self.append(payload, stream=stream, command_id=command_id))
         assert state is not None
         self.states[stream] = state
         return out
@@ -112,16 +95,6 @@ class Log:
         )
 
 
-def project(events: list[RecordedEvent]) -> MemoryStore:
-    store = MemoryStore()
-    for ev in events:
-        tx = StagedTx(store)
-        for view in default_views():
-            view.apply(ev, tx)
-        store.commit("test", tx.changes(), {ev.position.partition: ev.position.offset})
-    return store
-
-
 def history() -> Log:
     log = Log()
     for person in ("ann", "bob", "cid"):
@@ -151,7 +124,7 @@ def history() -> Log:
 
 def test_rows_and_queries() -> None:
     log = history()
-    store = project(log.events)
+    store = apply_event_by_event(log.events)
     assert [d["task_id"] for d in gq.gold_tasks(store, P)] == [f"g{i}" for i in range(6)]
     assert [d["task_id"] for d in gq.training_tasks(store, P, "lidar")] == ["t1", "t2"]
     assert gq.gold_tasks(store, P)[0] == {"task_id": "g0", "required_skills": [], "expected_seconds": 30}
@@ -192,38 +165,24 @@ def test_suspension_rows_come_and_go() -> None:
     log.gold("g1")
     log.answer("bob", "g0", HALF)
     log.answer("bob", "g1", HALF)
-    store = project(log.events)
+    store = apply_event_by_event(log.events)
     ((person_id, row),) = gq.suspensions(store, P)
     assert (person_id, row["results"], row["retraining_skill"]) == ("bob", 2, "lidar")
     doc = gq.accuracy(store, P, "bob")
     assert doc is not None and doc["suspended"] and doc["suspension"]["accuracy"] == 0.0
     log.do(ReinstatePerson("bob", P, "mgr", ""))
-    assert gq.suspensions(project(log.events), P) == []
+    assert gq.suspensions(apply_event_by_event(log.events), P) == []
 
 
 def test_partitions_applied_in_any_interleaving_give_the_same_rows() -> None:
     """The single-writer rule: "gold_accuracy" is written only from a person's stream, the rest
     are inserts and deletes under keys of one stream, so any interleaving gives the same rows."""
     log = history()
-    by_partition: dict[int, list[RecordedEvent]] = {}
-    for ev in log.events:
-        part = zlib.crc32(ev.stream_id.encode()) % 4
-        events = by_partition.setdefault(part, [])
-        events.append(RecordedEvent(Position(part, len(events) + 1), ev.envelope, ev.data))
+    by_partition = repartition(log.events)
     assert len(by_partition) > 1
-    parts = sorted(by_partition)
-    sequential = project([ev for p in parts for ev in by_partition[p]])
-    backwards = project([ev for p in reversed(parts) for ev in by_partition[p]])
-    rng = random.Random(7)
-    cursors = dict.fromkeys(parts, 0)
-    shuffled: list[RecordedEvent] = []
-    while any(cursors[p] < len(by_partition[p]) for p in parts):
-        p = rng.choice([p for p in parts if cursors[p] < len(by_partition[p])])
-        shuffled.append(by_partition[p][cursors[p]])
-        cursors[p] += 1
-    interleaved = project(shuffled)
+    sequential, backwards, interleaved = apply_interleavings(by_partition, seed=7)
     assert sequential.checksum() == backwards.checksum() == interleaved.checksum()
-    one = project(log.events)
+    one = apply_event_by_event(log.events)
     for person in ("ann", "bob", "cid"):
         mine, theirs = gq.accuracy(interleaved, P, person), gq.accuracy(one, P, person)
         assert mine is not None and theirs is not None
@@ -252,7 +211,7 @@ def test_merging_feed_pages() -> None:
 
 
 def test_paging_the_merged_feed_sees_every_row_once() -> None:
-    store = project(history().events)
+    store = apply_event_by_event(history().events)
     everything = [sk for sk, _ in gq.quality_feed(store, "ann", limit=100)[0]]
     for size in (1, 2):
         seen: list[str] = []

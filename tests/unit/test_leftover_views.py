@@ -6,9 +6,7 @@ partitions interleave (the single-writer rule, docs/architecture.md)."""
 
 from __future__ import annotations
 
-import random
 import uuid
-import zlib
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -22,13 +20,12 @@ from coordinator.domain import commands as C
 from coordinator.domain.consensus import resolve_consensus
 from coordinator.domain.gold import Scoring
 from coordinator.domain.review import resolve_pipeline
-from coordinator.eventlog import codec
-from coordinator.eventlog.base import Position, RecordedEvent
+from coordinator.eventlog.base import RecordedEvent
 from projections import agreement_queries, gold_queries, manager_queries, queries
-from projections.base import StagedTx
 from projections.memory import MemoryStore
 from projections.views import default_views
 from projections.views.agreement import match
+from tests.unit.viewkit import Recorder, apply_interleavings, commit_live, repartition
 
 T0 = datetime(2026, 3, 2, 9, 0, tzinfo=UTC)
 P = "proj"
@@ -51,16 +48,15 @@ def box(x: float, w: float = 40) -> A.Annotation:
     return A.Annotation(shapes=[A.Shape(label="car", box=A.BoundingBox(x=x, y=10, width=w, height=30))])
 
 
-class History:
+class History(Recorder):
     """Decides commands on the real aggregates and keeps the events as one partition's log; each
     command's events are applied to the views as one committed batch."""
 
     def __init__(self) -> None:
+        super().__init__(T0)
         self.states: dict[str, aggregates.State | None] = {}
-        self.events: list[RecordedEvent] = []
         self.store = MemoryStore()
         self.views = default_views()
-        self.now = T0
 
     def do(self, cmd: aggregates.Command, command_id: str = "", actor: str = "x") -> list[RecordedEvent]:
         stream = aggregates.stream_of(cmd)
@@ -70,25 +66,13 @@ class History:
         cid = command_id or uuid.uuid4().hex
         for payload in aggregates.decide(state, cmd):
             state = aggregates.evolve(state, payload)
-            env = codec.make_envelope(
-                payload,
-                stream_id=stream,
-                actor_id=actor,
-                actor_role=M.ROLE_ADMIN,
-                command_id=cid,
-                correlation_id=cid.split("/")[0],
-                occurred_at=self.now,
+            batch.append(
+                self.append(
+                    payload, stream=stream, command_id=cid, actor=actor, correlation_id=cid.split("/")[0]
+                )
             )
-            env.recorded_at.CopyFrom(codec.timestamp(self.now))
-            ev = RecordedEvent(Position(0, len(self.events) + 1), env, codec.encode(env))
-            self.events.append(ev)
-            batch.append(ev)
         self.states[stream] = state
-        tx = StagedTx(self.store)
-        for ev in batch:
-            for view in self.views:
-                view.apply(ev, tx)
-        self.store.commit("test", tx.changes(), {0: batch[-1].position.offset})
+        commit_live(self.store, self.views, batch)
         return batch
 
     # ---- conveniences
@@ -363,36 +347,9 @@ def test_partitions_applied_in_any_interleaving_give_the_same_rows() -> None:
     for i in (4, 5):
         h.do(C.ReprioritiseTask(f"t{i}", 8, "mgr", ""), command_id=f"req/t{i}")
 
-    def partition_of(ev: RecordedEvent) -> int:
-        return zlib.crc32(ev.stream_id.encode()) % 4
-
-    by_partition: dict[int, list[RecordedEvent]] = {}
-    for ev in h.events:
-        part = partition_of(ev)
-        events = by_partition.setdefault(part, [])
-        events.append(RecordedEvent(Position(part, len(events) + 1), ev.envelope, ev.data))
+    by_partition = repartition(h.events)
     assert len(by_partition) > 1
-
-    def apply(order: list[RecordedEvent]) -> MemoryStore:
-        store = MemoryStore()
-        for ev in order:
-            tx = StagedTx(store)
-            for view in default_views():
-                view.apply(ev, tx)
-            store.commit("test", tx.changes(), {ev.position.partition: ev.position.offset})
-        return store
-
-    partitions = sorted(by_partition)
-    sequential = apply([ev for p in partitions for ev in by_partition[p]])
-    backwards = apply([ev for p in reversed(partitions) for ev in by_partition[p]])
-    rng = random.Random(11)
-    cursors = dict.fromkeys(partitions, 0)
-    shuffled: list[RecordedEvent] = []
-    while any(cursors[p] < len(by_partition[p]) for p in partitions):
-        p = rng.choice([p for p in partitions if cursors[p] < len(by_partition[p])])
-        shuffled.append(by_partition[p][cursors[p]])
-        cursors[p] += 1
-    interleaved = apply(shuffled)
+    sequential, backwards, interleaved = apply_interleavings(by_partition, seed=11)
     assert sequential.checksum() == backwards.checksum() == interleaved.checksum()
     for store in (sequential, interleaved, h.store):
         assert pending(store) == ["ga1"]

@@ -4,9 +4,7 @@ from before pipelines; and the single-writer rule under any interleaving of log 
 
 from __future__ import annotations
 
-import random
 import uuid
-import zlib
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -25,13 +23,11 @@ from coordinator.domain.commands import (
 )
 from coordinator.domain.review import resolve_pipeline, sample_point
 from coordinator.domain.task import TaskState, decide_task, evolve_task
-from coordinator.eventlog import codec
-from coordinator.eventlog.base import Position, RecordedEvent
+from coordinator.eventlog.base import RecordedEvent
 from projections import review_queries as rq
-from projections.base import StagedTx
 from projections.memory import MemoryStore
-from projections.views import default_views
 from projections.views.review import ReviewView
+from tests.unit.viewkit import Recorder, apply_as_one_batch, apply_interleavings, repartition
 
 M = model_pb2
 T0 = datetime(2026, 3, 2, 9, 0, tzinfo=UTC)
@@ -64,13 +60,12 @@ def qa_sampled(task_id: str, ann_id: str) -> bool:
     return sample_point(SEED, task_id, ann_id, "qa_spot_check") < 0.5
 
 
-class History:
+class History(Recorder):
     """Decides commands on per-task states and keeps the events as one partition's log."""
 
     def __init__(self) -> None:
+        super().__init__(T0)
         self.tasks: dict[str, TaskState] = {}
-        self.events: list[RecordedEvent] = []
-        self.now = T0
 
     def do(self, cmd: TaskCommand) -> list[Message]:
         task_id = cmd.spec.task_id if isinstance(cmd, ImportTask) else cmd.task_id
@@ -80,16 +75,7 @@ class History:
         self.now += timedelta(seconds=1)
         for payload in payloads:
             state = evolve_task(state, payload)
-            env = codec.make_envelope(
-                payload,
-                stream_id=f"task:{task_id}",
-                actor_id="x",
-                actor_role=M.ROLE_ADMIN,
-                command_id=command_id,
-                occurred_at=self.now,
-            )
-            env.recorded_at.CopyFrom(codec.timestamp(self.now))
-            self.events.append(RecordedEvent(Position(0, len(self.events) + 1), env, codec.encode(env)))
+            self.append(payload, stream=f"task:{task_id}", command_id=command_id)
         assert state is not None
         self.tasks[task_id] = state
         return payloads
@@ -124,14 +110,8 @@ class History:
         )
 
 
-def project(events: list[RecordedEvent], views: list[Any] | None = None) -> MemoryStore:
-    store = MemoryStore()
-    tx = StagedTx(store)
-    for ev in events:
-        for view in views if views is not None else [ReviewView()]:
-            view.apply(ev, tx)
-    store.commit("test", tx.changes(), {0: len(events)})
-    return store
+def project(events: list[RecordedEvent]) -> MemoryStore:
+    return apply_as_one_batch(events, lambda: [ReviewView()])
 
 
 def ids_for(task_ids: list[str], sampled: bool) -> list[tuple[str, str]]:
@@ -277,35 +257,11 @@ def test_partitions_applied_in_any_interleaving_give_the_same_rows() -> None:
                 h.do(ResolveDispute(t, f"D-{t}", "exp", M.DISPUTE_DECISION_OVERTURN, ""))
         else:
             h.review(t, f"A-{t}", M.VERDICT_ACCEPT)
-    one = project(h.events, default_views())
+    one = apply_as_one_batch(h.events)
 
-    by_partition: dict[int, list[RecordedEvent]] = {}
-    for ev in h.events:
-        part = zlib.crc32(ev.stream_id.encode()) % 4
-        events = by_partition.setdefault(part, [])
-        events.append(RecordedEvent(Position(part, len(events) + 1), ev.envelope, ev.data))
+    by_partition = repartition(h.events)
     assert len(by_partition) > 1
-
-    def apply(order: list[RecordedEvent]) -> MemoryStore:
-        store = MemoryStore()
-        for ev in order:
-            tx = StagedTx(store)
-            for view in default_views():
-                view.apply(ev, tx)
-            store.commit("test", tx.changes(), {ev.position.partition: ev.position.offset})
-        return store
-
-    parts = sorted(by_partition)
-    sequential = apply([ev for p in parts for ev in by_partition[p]])
-    backwards = apply([ev for p in reversed(parts) for ev in by_partition[p]])
-    rng = random.Random(11)
-    cursors = dict.fromkeys(parts, 0)
-    shuffled: list[RecordedEvent] = []
-    while any(cursors[p] < len(by_partition[p]) for p in parts):
-        p = rng.choice([p for p in parts if cursors[p] < len(by_partition[p])])
-        shuffled.append(by_partition[p][cursors[p]])
-        cursors[p] += 1
-    interleaved = apply(shuffled)
+    sequential, backwards, interleaved = apply_interleavings(by_partition, seed=11)
     assert sequential.checksum() == backwards.checksum() == interleaved.checksum()
 
     def unplaced(rows: list[Any]) -> list[Any]:  # log positions differ from the one-partition log

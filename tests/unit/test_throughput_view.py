@@ -11,11 +11,11 @@ from google.protobuf.message import Message
 
 from coordinator._pb.labelweave.events.v1 import events_pb2, model_pb2
 from coordinator.eventlog import codec
-from coordinator.eventlog.base import Position, RecordedEvent
+from coordinator.eventlog.base import RecordedEvent
 from projections import planning_queries as Q
-from projections.base import StagedTx
 from projections.memory import MemoryStore
 from projections.views.throughput import RETENTION_HOURS, ThroughputView
+from tests.unit.viewkit import Recorder, apply_event_by_event, by_partition
 
 E = events_pb2
 M = model_pb2
@@ -31,34 +31,17 @@ PEER_QA = M.ReviewPipeline(
 )
 
 
-class Log:
+class Log(Recorder):
     """Events at increasing offsets, optionally on several partitions, applied to one view."""
 
     def __init__(self) -> None:
-        self.events: list[RecordedEvent] = []
-        self.now = T0
+        super().__init__(T0)
 
     def emit(self, stream: str, payload: Message, partition: int = 0) -> None:
-        env = codec.make_envelope(
-            payload,
-            stream_id=stream,
-            actor_id="someone",
-            actor_role=M.ROLE_ADMIN,
-            command_id=uuid.uuid4().hex,
-            occurred_at=self.now,
-        )
-        env.recorded_at.CopyFrom(codec.timestamp(self.now))
-        offset = sum(1 for e in self.events if e.position.partition == partition) + 1
-        self.events.append(RecordedEvent(Position(partition, offset), env, codec.encode(env)))
+        self.append(payload, stream=stream, command_id=uuid.uuid4().hex, actor="someone", partition=partition)
 
     def apply(self, events: list[RecordedEvent] | None = None) -> MemoryStore:
-        store = MemoryStore()
-        view = ThroughputView()
-        for ev in self.events if events is None else events:
-            tx = StagedTx(store)
-            view.apply(ev, tx)
-            store.commit("test", tx.changes(), {ev.position.partition: ev.position.offset})
-        return store
+        return apply_event_by_event(self.events if events is None else events, lambda: [ThroughputView()])
 
 
 def imported(
@@ -255,9 +238,7 @@ def test_partitions_applied_in_any_interleaving_give_the_same_rows() -> None:
             part,
         )
         log.now += 20 * timedelta(minutes=1)
-    by_part: dict[int, list[RecordedEvent]] = {}
-    for ev in log.events:
-        by_part.setdefault(ev.position.partition, []).append(ev)
+    by_part = by_partition(log.events)
     orders = [
         log.events,
         by_part[2] + by_part[0] + by_part[1],

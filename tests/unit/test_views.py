@@ -3,24 +3,21 @@ committed, then the read models are checked through `projections.queries`."""
 
 from __future__ import annotations
 
-import random
 import uuid
-import zlib
 from datetime import UTC, datetime, timedelta
-from typing import Any
 
 import pytest
 from google.protobuf.message import Message
 
-from consumers.runner import apply_batch
 from coordinator._pb.labelweave.events.v1 import annotation_pb2, events_pb2, model_pb2
 from coordinator.eventlog import codec
-from coordinator.eventlog.base import Position, RecordedEvent
+from coordinator.eventlog.base import RecordedEvent
 from projections import queries
-from projections.base import Doc, StagedTx
+from projections.base import Doc
 from projections.memory import MemoryStore
 from projections.views import default_views
 from projections.views.taskstate import queue_sort_key
+from tests.unit.viewkit import Recorder, apply_as_one_batch, apply_interleavings, commit_live, repartition
 
 E = events_pb2
 M = model_pb2
@@ -37,37 +34,21 @@ def box(x: float) -> annotation_pb2.Annotation:
     )
 
 
-class Script:
+class Script(Recorder):
     """Appends events at offsets 1, 2, 3, … and applies each command's events as one batch."""
 
     def __init__(self) -> None:
-        self.events: list[RecordedEvent] = []
+        super().__init__(T0)
         self.store = MemoryStore()
         self.views = default_views()
-        self.now = T0
 
     def emit(self, stream: str, *payloads: Message) -> list[RecordedEvent]:
         command_id = uuid.uuid4().hex
-        batch = []
-        for payload in payloads:
-            env = codec.make_envelope(
-                payload,
-                stream_id=stream,
-                actor_id="someone",
-                actor_role=M.ROLE_ADMIN,
-                command_id=command_id,
-                occurred_at=self.now,
-            )
-            env.recorded_at.CopyFrom(codec.timestamp(self.now))
-            ev = RecordedEvent(Position(0, len(self.events) + 1), env, codec.encode(env))
-            self.events.append(ev)
-            batch.append(ev)
-
-        def fail(view: Any, ev: RecordedEvent, exc: BaseException) -> None:
-            raise AssertionError(f"view {view.name} failed on {ev.type}") from exc
-
-        tx = apply_batch(self.store, self.views, batch, fail)
-        self.store.commit("test", tx.changes(), {0: batch[-1].position.offset})
+        batch = [
+            self.append(payload, stream=stream, command_id=command_id, actor="someone")
+            for payload in payloads
+        ]
+        commit_live(self.store, self.views, batch)
         return batch
 
     # ---- conveniences
@@ -176,13 +157,7 @@ class Script:
 
     def rebuilt_checksum(self) -> str:
         """The same events applied as one batch into a fresh store."""
-        other = MemoryStore()
-        tx = StagedTx(other)
-        for ev in self.events:
-            for view in default_views():
-                view.apply(ev, tx)
-        other.commit("test", tx.changes(), {0: len(self.events)})
-        return other.checksum()
+        return apply_as_one_batch(self.events).checksum()
 
 
 def statuses(s: Script, task_id: str) -> dict[str, str]:
@@ -540,36 +515,10 @@ def test_partitions_applied_in_any_interleaving_give_the_same_projection(s: Scri
         )
     one_partition = s.store
 
-    def partition_of(ev: RecordedEvent) -> int:
-        return zlib.crc32(ev.stream_id.encode()) % 4
-
-    by_partition: dict[int, list[RecordedEvent]] = {}
-    for ev in s.events:
-        part = partition_of(ev)
-        events = by_partition.setdefault(part, [])
-        events.append(RecordedEvent(Position(part, len(events) + 1), ev.envelope, ev.data))
+    by_partition = repartition(s.events)
     assert len(by_partition) > 1
-
-    def apply(order: list[RecordedEvent]) -> MemoryStore:
-        store = MemoryStore()
-        for ev in order:  # one event per commit: the finest interleaving
-            tx = StagedTx(store)
-            for view in default_views():
-                view.apply(ev, tx)
-            store.commit("test", tx.changes(), {ev.position.partition: ev.position.offset})
-        return store
-
-    partitions = sorted(by_partition)
-    sequential = apply([ev for p in partitions for ev in by_partition[p]])
-    backwards = apply([ev for p in reversed(partitions) for ev in by_partition[p]])
-    rng = random.Random(7)
-    cursors = {p: 0 for p in partitions}
-    shuffled: list[RecordedEvent] = []
-    while any(cursors[p] < len(by_partition[p]) for p in partitions):
-        p = rng.choice([p for p in partitions if cursors[p] < len(by_partition[p])])
-        shuffled.append(by_partition[p][cursors[p]])
-        cursors[p] += 1
-    interleaved = apply(shuffled)
+    # one event per commit: the finest interleaving
+    sequential, backwards, interleaved = apply_interleavings(by_partition, seed=7)
     assert sequential.checksum() == backwards.checksum() == interleaved.checksum()
 
     for store in (sequential, interleaved):
