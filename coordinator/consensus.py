@@ -62,8 +62,8 @@ class ConsensusUseCases:
 
     def get_consensus(self, who: Principal, req: api.GetConsensusRequest) -> api.ConsensusReport:
         who.require((*READERS, R.ROLE_ANNOTATOR), "GetConsensus")
-        task = self.service._task(req.task_id)
-        project = self.service._project(task.project_id)
+        task = self.service.task_state(req.task_id)
+        project = self.service.project_state(task.project_id)
         full = self._reader(who, project)
         out = api.ConsensusReport(task_id=task.task_id, project_id=task.project_id, round=task.round)
         if full:
@@ -83,7 +83,7 @@ class ConsensusUseCases:
 
     def get_agreement(self, who: Principal, req: api.GetAgreementRequest) -> api.AgreementReport:
         who.require((*READERS, R.ROLE_ANNOTATOR), "GetAgreement")
-        project = self.service._project(req.project_id)
+        project = self.service.project_state(req.project_id)
         full = self._reader(who, project)
         person, other = req.person_id, req.other_person_id
         if other and not person:
@@ -126,7 +126,7 @@ class ConsensusUseCases:
         self, who: Principal, req: api.EstimateDawidSkeneRequest
     ) -> api.DawidSkeneReport:
         who.require(READERS, "EstimateDawidSkene")
-        project = self.service._project(req.project_id)
+        project = self.service.project_state(req.project_id)
         if not self._reader(who, project):
             raise PermissionDenied("Dawid-Skene estimates are for managers, QA, experts and auditors")
         if req.max_iterations > MAX_ITERATIONS:

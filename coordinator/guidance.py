@@ -37,7 +37,7 @@ from coordinator.domain.project import ProjectState
 from coordinator.errors import InvalidArgument, NotFound, PermissionDenied
 from coordinator.eventlog import codec
 from coordinator.eventlog.base import format_checkpoint, parse_checkpoint
-from coordinator.service import EVERYONE, MAX_PAGE, Service, _event_of, _request_fingerprint
+from coordinator.service import EVERYONE, MAX_PAGE, Service, event_of, request_fingerprint
 from projections import guidance_queries, queries
 from projections.base import Doc
 
@@ -108,15 +108,15 @@ class Guidance:
         """Decide and append with the domain clock as `occurred_at` (prior already looked up)."""
         return self.s.bus.execute(
             cmd,
-            actor=self.s._actor(who),
+            actor=self.s.actor(who),
             command_id=command_id,
-            fingerprint=_request_fingerprint(method, req),
+            fingerprint=request_fingerprint(method, req),
             occurred_at=self.s.clock(),
             prior_checked=True,
         )
 
     def _prior(self, method: str, req: Message, command_id: str) -> Outcome | None:
-        return self.s.bus.prior(command_id, _request_fingerprint(method, req))
+        return self.s.bus.prior(command_id, request_fingerprint(method, req))
 
     def _member(self, who: Principal, project: ProjectState) -> None:
         if who.person_id not in project.members:
@@ -124,7 +124,7 @@ class Guidance:
 
     def _question(self, outcome: Outcome, project_id: str, question_id: str) -> G.Question:
         """The question as the view has it once it includes `outcome` (read-your-writes)."""
-        self.s._settle(outcome)
+        self.s.wait_for_projections(outcome)
         doc = guidance_queries.question(self.s.store, project_id, question_id)
         if doc is None:  # the projection is late (it was waited for): what the outcome says
             return G.Question(question_id=question_id, project_id=project_id, position=outcome.position)
@@ -135,7 +135,7 @@ class Guidance:
     def _guideline_view(self, who: Principal, project: ProjectState, version: int = 0) -> G.GuidelineView:
         pid = project.project_id
         current = project.guideline_version
-        person = self.s._fresh_person(who.person_id)
+        person = self.s.fresh_person(who.person_id)
         acked = person.acknowledged.get(pid, 0)
         out = G.GuidelineView(
             project_id=pid,
@@ -173,15 +173,15 @@ class Guidance:
 
     def get_guideline(self, who: Principal, req: G.GetGuidelineRequest) -> G.GuidelineView:
         who.require(EVERYONE, "GetGuideline")
-        project = self.s._project(req.project_id)
-        self.s._member_or_admin(who, project)
+        project = self.s.project_state(req.project_id)
+        self.s.require_member_or_admin(who, project)
         return self._guideline_view(who, project, req.version)
 
     def acknowledge_guideline(self, who: Principal, req: G.AcknowledgeGuidelineRequest) -> G.GuidelineView:
         who.require(EVERYONE, "AcknowledgeGuideline")
         prior = self._prior("AcknowledgeGuideline", req, req.command_id)
         if prior is None:
-            project = self.s._project(req.project_id)
+            project = self.s.project_state(req.project_id)
             self._member(who, project)
             prior = self._run(
                 who,
@@ -190,8 +190,8 @@ class Guidance:
                 req,
                 req.command_id,
             )
-        acked = _event_of(prior, E.GuidelineAcknowledged)
-        out = self._guideline_view(who, self.s._project(acked.project_id))
+        acked = event_of(prior, E.GuidelineAcknowledged)
+        out = self._guideline_view(who, self.s.project_state(acked.project_id))
         out.position = prior.position
         return out
 
@@ -201,16 +201,16 @@ class Guidance:
         who.require(ASK, "AskQuestion")
         prior = self._prior("AskQuestion", req, req.command_id)
         if prior is None:
-            project = self.s._project(req.project_id)
+            project = self.s.project_state(req.project_id)
             self._member(who, project)
             if req.task_id:
-                task = self.s._task(req.task_id)
+                task = self.s.task_state(req.task_id)
                 if task.project_id != project.project_id:
                     raise InvalidArgument(
                         f"task {task.task_id} belongs to project {task.project_id}, not {project.project_id}",
                         field="task_id",
                     )
-                self.s._may_see_task(who, task, project)
+                self.s.may_see_task(who, task, project)
             prior = self._run(
                 who,
                 C.AskQuestion(
@@ -220,15 +220,15 @@ class Guidance:
                 req,
                 req.command_id,
             )
-        asked = _event_of(prior, E.QuestionAsked)
+        asked = event_of(prior, E.QuestionAsked)
         return self._question(prior, asked.project_id, asked.question_id)
 
     def answer_question(self, who: Principal, req: G.AnswerQuestionRequest) -> G.Question:
         who.require(ANSWER, "AnswerQuestion")
         prior = self._prior("AnswerQuestion", req, req.command_id)
         if prior is None:
-            project = self.s._project(req.project_id)
-            self.s._member_or_admin(who, project)
+            project = self.s.project_state(req.project_id)
+            self.s.require_member_or_admin(who, project)
             prior = self._run(
                 who,
                 C.AnswerQuestion(project.project_id, req.question_id, codec.uuid7(), who.person_id, req.text),
@@ -236,13 +236,13 @@ class Guidance:
                 req,
                 req.command_id,
             )
-        answered = _event_of(prior, E.QuestionAnswered)
+        answered = event_of(prior, E.QuestionAnswered)
         return self._question(prior, answered.project_id, answered.question_id)
 
     def promote_answer(self, who: Principal, req: G.PromoteAnswerRequest) -> G.Question:
         prior = self._prior("PromoteAnswer", req, req.command_id)
         if prior is None:
-            project = self.s._managed_project(who, req.project_id, "PromoteAnswer")
+            project = self.s.managed_project(who, req.project_id, "PromoteAnswer")
             prior = self._run(
                 who,
                 C.PromoteAnswer(project.project_id, req.answer_id, who.person_id, req.section_id),
@@ -250,13 +250,13 @@ class Guidance:
                 req,
                 req.command_id,
             )
-        promoted = _event_of(prior, E.AnswerPromoted)
+        promoted = event_of(prior, E.AnswerPromoted)
         return self._question(prior, promoted.project_id, promoted.question_id)
 
     def list_questions(self, who: Principal, req: G.ListQuestionsRequest) -> G.ListQuestionsResponse:
         who.require(EVERYONE, "ListQuestions")
-        project = self.s._project(req.project_id)
-        self.s._member_or_admin(who, project)
+        project = self.s.project_state(req.project_id)
+        self.s.require_member_or_admin(who, project)
         if req.page_token and not is_valid_id(req.page_token):
             raise InvalidArgument("not a question page token", field="page_token")
         if req.status not in (G.QUESTION_STATUS_UNSPECIFIED, *STATUS_FILTER):
@@ -277,7 +277,7 @@ class Guidance:
     def post_announcement(self, who: Principal, req: G.PostAnnouncementRequest) -> G.Announcement:
         prior = self._prior("PostAnnouncement", req, req.command_id)
         if prior is None:
-            project = self.s._managed_project(who, req.project_id, "PostAnnouncement")
+            project = self.s.managed_project(who, req.project_id, "PostAnnouncement")
             prior = self._run(
                 who,
                 C.PostAnnouncement(project.project_id, codec.uuid7(), who.person_id, req.title, req.body),
@@ -285,8 +285,8 @@ class Guidance:
                 req,
                 req.command_id,
             )
-        posted = _event_of(prior, E.AnnouncementPosted)
-        self.s._settle(prior)
+        posted = event_of(prior, E.AnnouncementPosted)
+        self.s.wait_for_projections(prior)
         out = G.Announcement(
             announcement_id=posted.announcement_id,
             project_id=posted.project_id,
@@ -305,10 +305,10 @@ class Guidance:
         after = parse_checkpoint(req.resume_token, field_name="resume_token")
         mine = queries.projects_of(self.s.store, who.person_id)
         if req.project_id:
-            project = self.s._project(req.project_id)
+            project = self.s.project_state(req.project_id)
             self._member(who, project)
             mine = [project.project_id]
-        person = self.s._fresh_person(who.person_id)
+        person = self.s.fresh_person(who.person_id)
         zone = _zone(person.spec.time_zone)
         page = guidance_queries.inbox(
             self.s.store, mine, who.person_id, after, min(req.limit or 50, MAX_PAGE)
@@ -330,7 +330,7 @@ class Guidance:
             if row["kind"] == "guideline":
                 if pid not in current:
                     try:
-                        current[pid] = self.s._project(pid).guideline_version
+                        current[pid] = self.s.project_state(pid).guideline_version
                     except NotFound:
                         current[pid] = 0
                 if row["version"] <= person.acknowledged.get(pid, 0):

@@ -43,9 +43,9 @@ ASSIGNED_CANDIDATES: Final = 64
 
 def assign_task(service: Service, who: Principal, req: manager_pb2.AssignTaskRequest) -> api_pb2.Task:
     who.require(svc.MANAGE, "AssignTask")
-    task = service._task(req.task_id)
-    project = service._managed_project(who, task.project_id, "AssignTask")
-    fp = svc._request_fingerprint("AssignTask", req)
+    task = service.task_state(req.task_id)
+    project = service.managed_project(who, task.project_id, "AssignTask")
+    fp = svc.request_fingerprint("AssignTask", req)
     prior = service.bus.prior(req.command_id, fp)
     if prior is None:
         cmd = C.AssignTask(
@@ -57,10 +57,10 @@ def assign_task(service: Service, who: Principal, req: manager_pb2.AssignTaskReq
             req.force,
             _candidates(service, project, req.person_id, req.team),
         )
-        prior = service._exec(who, cmd, req.command_id, fp, prior_checked=True)
-        service._settle(prior)  # the assignee's next NextTask sees it
-    assigned = svc._event_of(prior, controls_pb2.TaskAssigned)
-    return service.task_view(service._task(assigned.task_id), prior.position)
+        prior = service.execute(who, cmd, req.command_id, fp, prior_checked=True)
+        service.wait_for_projections(prior)  # the assignee's next NextTask sees it
+    assigned = svc.event_of(prior, controls_pb2.TaskAssigned)
+    return service.task_view(service.task_state(assigned.task_id), prior.position)
 
 
 def _candidates(
@@ -73,7 +73,7 @@ def _candidates(
     ids = [person_id] if person_id else manager_queries.team_members(service.store, team)
     out: list[C.Candidate] = []
     for pid in ids:
-        person = service._fresh_person(pid)  # an unknown person: NotFound, naming person_id
+        person = service.fresh_person(pid)  # an unknown person: NotFound, naming person_id
         if pid not in project.members or (team and team not in person.spec.teams):
             continue  # not of the project, or left the team (the projection has not caught up)
         suspended = person.suspended_from(project.project_id) is not None
@@ -83,21 +83,21 @@ def _candidates(
 
 def unassign_task(service: Service, who: Principal, req: manager_pb2.UnassignTaskRequest) -> api_pb2.Task:
     who.require(svc.MANAGE, "UnassignTask")
-    task = service._task(req.task_id)
-    service._managed_project(who, task.project_id, "UnassignTask")
-    fp = svc._request_fingerprint("UnassignTask", req)
+    task = service.task_state(req.task_id)
+    service.managed_project(who, task.project_id, "UnassignTask")
+    fp = svc.request_fingerprint("UnassignTask", req)
     prior = service.bus.prior(req.command_id, fp)
     if prior is None:
-        prior = service._exec(
+        prior = service.execute(
             who,
             C.UnassignTask(req.task_id, who.person_id, req.reason),
             req.command_id,
             fp,
             prior_checked=True,
         )
-        service._settle(prior)
-    unassigned = svc._event_of(prior, controls_pb2.TaskUnassigned)
-    return service.task_view(service._task(unassigned.task_id), prior.position)
+        service.wait_for_projections(prior)
+    unassigned = svc.event_of(prior, controls_pb2.TaskUnassigned)
+    return service.task_view(service.task_state(unassigned.task_id), prior.position)
 
 
 def list_assigned(
@@ -107,9 +107,9 @@ def list_assigned(
     if bool(req.person_id) == bool(req.team):
         raise InvalidArgument("name a person_id or a team (exactly one)", field="person_id")
     if req.person_id == who.person_id:
-        service._member_or_admin(who, service._project(req.project_id))
+        service.require_member_or_admin(who, service.project_state(req.project_id))
     else:
-        service._managed_project(who, req.project_id, "ListAssigned")
+        service.managed_project(who, req.project_id, "ListAssigned")
     limit = min(req.limit or 50, svc.MAX_PAGE)
     teams = [req.team] if req.team else []
     ids = manager_queries.assigned_candidates(service.store, req.project_id, req.person_id, teams, limit)
@@ -120,17 +120,17 @@ def list_assigned(
 
 
 def pause_project(service: Service, who: Principal, req: manager_pb2.PauseProjectRequest) -> api_pb2.Project:
-    service._managed_project(who, req.project_id, "PauseProject")
+    service.managed_project(who, req.project_id, "PauseProject")
     cmd = C.PauseProject(req.project_id, who.person_id, req.reason, service.clock())
-    return service._project_mutation(who, "PauseProject", req, cmd, req.command_id)
+    return service.mutate_project(who, "PauseProject", req, cmd, req.command_id)
 
 
 def resume_project(
     service: Service, who: Principal, req: manager_pb2.ResumeProjectRequest
 ) -> api_pb2.Project:
-    service._managed_project(who, req.project_id, "ResumeProject")
+    service.managed_project(who, req.project_id, "ResumeProject")
     cmd = C.ResumeProject(req.project_id, who.person_id, req.reason, service.clock())
-    return service._project_mutation(who, "ResumeProject", req, cmd, req.command_id)
+    return service.mutate_project(who, "ResumeProject", req, cmd, req.command_id)
 
 
 # ------------------------------------------------------------------ reprioritise
@@ -144,7 +144,7 @@ def reprioritise_tasks(
     appended with `execute_many` (in order, one durable commit on SQLite, one transaction on
     Kafka). Task `t`'s command id is `<command_id>/<t>`, so a retry answers from what was
     appended and completes what was not."""
-    service._managed_project(who, req.project_id, "ReprioritiseTasks")
+    service.managed_project(who, req.project_id, "ReprioritiseTasks")
     if not req.command_id:
         raise InvalidArgument("required, so a retried request changes nothing twice", field="command_id")
     ids = _selected(service, req)
@@ -181,7 +181,7 @@ def reprioritise_tasks(
         (C.ReprioritiseTask(t, req.priority, who.person_id, req.reason), f"{req.command_id}/{t}")
         for t in todo
     ]
-    results = service.bus.execute_many(cmds, actor=service._actor(who), correlation_id=req.command_id)
+    results = service.bus.execute_many(cmds, actor=service.actor(who), correlation_id=req.command_id)
     last: Outcome | None = None
     for (cmd, _), result in zip(cmds, results, strict=True):
         assert isinstance(cmd, C.ReprioritiseTask)
@@ -190,7 +190,7 @@ def reprioritise_tasks(
         done[cmd.task_id] = result.events[-1].position
         last = result
     if last is not None:
-        service._settle(last)  # NextTask serves the new order at once
+        service.wait_for_projections(last)  # NextTask serves the new order at once
     out = manager_pb2.ReprioritiseTasksResponse(task_ids=[t for t in ids if t in done], unchanged=unchanged)
     out.position = str(max(done.values())) if done else ""
     return out
@@ -287,11 +287,11 @@ def lease_assigned(
     if not ids:
         return None
     now = service.clock()
-    left = service._shift_left(who.person_id, now)
+    left = service.shift_seconds_left(who.person_id, now)
     if left is not None and left <= 0:
         return None  # off shift
     ids = [t for t in ids if _worth_trying(service, t, who.person_id, now, left)]
-    return service._lease_one(
+    return service.lease_first_allowed(
         who,
         ids,
         command_id,
@@ -305,13 +305,13 @@ def _worth_trying(service: Service, task_id: str, person_id: str, now: datetime,
     or the caller works on it already) and what cannot be finished before the shift ends."""
     cached = service.bus.peek(f"task:{task_id}")
     if isinstance(cached, TaskState) and (
-        not svc._could_lease(cached, person_id, now)
+        not svc.could_lease(cached, person_id, now)
         or any(a.author_id == person_id for a in cached.live_annotations)
     ):
         return False
     if left is None:
         return True
-    task = cached if isinstance(cached, TaskState) else service._task(task_id)
+    task = cached if isinstance(cached, TaskState) else service.task_state(task_id)
     return task.spec.expected_seconds <= left
 
 

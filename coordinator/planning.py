@@ -70,8 +70,8 @@ class Planning:
 
     def _readable_project(self, who: Principal, project_id: str, what: str) -> ProjectState:
         who.require(READERS, what)
-        project = self.service._project(project_id)
-        self.service._member_or_admin(who, project)
+        project = self.service.project_state(project_id)
+        self.service.require_member_or_admin(who, project)
         return project
 
     # ------------------------------------------------------------------ coverage
@@ -150,7 +150,7 @@ class Planning:
     # ------------------------------------------------------------------ dashboards
 
     def get_dashboard(self, who: Principal, req: planning_pb2.GetDashboardRequest) -> planning_pb2.Dashboard:
-        project = self.service._project(req.project_id)
+        project = self.service.project_state(req.project_id)
         pid = project.project_id
         team = req.team if req.WhichOneof("subject") == "team" else ""
         if req.WhichOneof("subject") == "team" and not team:
@@ -158,7 +158,7 @@ class Planning:
         person_id = "" if team else (req.person_id or who.person_id)
         if team or person_id != who.person_id:
             who.require(READERS, "GetDashboard of other people or of a team")
-            self.service._member_or_admin(who, project)
+            self.service.require_member_or_admin(who, project)
         elif not who.sees_everything and who.person_id not in project.members:
             raise PermissionDenied(f"{who.person_id} is not a member of project {pid}")
         window = _hours(req.window_hours, "window_hours", MAX_WINDOW_HOURS)
@@ -174,7 +174,7 @@ class Planning:
                 raise NotFound(f"no member of project {pid} is in team {team!r}", field="team")
         else:
             if planning_queries.person(self.store, person_id) is None:
-                self.service._person(person_id)  # NotFound naming person_id when unknown
+                self.service.person_state(person_id)  # NotFound naming person_id when unknown
             ids = [person_id]
         boards = [self._annotator(pid, p, start, end, window) for p in sorted(ids)]
         if team:

@@ -128,15 +128,17 @@ QUALITY_READERS = (R.ROLE_ADMIN, R.ROLE_MANAGER, R.ROLE_QA, R.ROLE_AUDITOR)
 E = TypeVar("E", bound=Message)
 
 
-def _event_of(outcome: Outcome, kind: type[E]) -> E:
-    """The event of `kind` in a (possibly replayed) outcome: the answer to rebuild."""
+def event_of(outcome: Outcome, kind: type[E]) -> E:
+    """The event of `kind` in a (possibly replayed) outcome: the answer to rebuild. Refused
+    (FailedPrecondition on `command_id`) when the command id belongs to another kind of command."""
     event = outcome.first(kind)
     if not isinstance(event, kind):
         raise FailedPrecondition("command_id belongs to another kind of command", field="command_id")
     return event
 
 
-def _request_fingerprint(method: str, request: Message) -> str:
+def request_fingerprint(method: str, request: Message) -> str:
+    """What a retried `command_id` must match: the method and the request without its command id."""
     clone = type(request)()
     clone.CopyFrom(request)
     if "command_id" in clone.DESCRIPTOR.fields_by_name:
@@ -179,12 +181,18 @@ class Service:
         ref = queries.find_token(self.store, digest)
         if ref is None or ref.revoked or expired(ref.expires_at, self.clock()):
             raise Unauthenticated("invalid, expired or revoked token")
-        person = self._person(ref.person_id)
+        person = self.person_state(ref.person_id)
         principal = Principal(person.person_id, person.roles, person.skills, ref.token_id)
         self._principals.put(digest, principal)
         return principal
 
-    def _actor(self, who: Principal) -> C.Actor:
+    # The public helpers below (and `event_of`, `request_fingerprint`, `could_lease`) are the API
+    # of the feature modules (coordinator/manager.py, guidance.py, planning.py, consensus.py):
+    # they load, authorise, append and wait exactly as the service's own use cases do. Each keeps
+    # a private alias for the service's own callers.
+
+    def actor(self, who: Principal) -> C.Actor:
+        """Feature API: the caller as the actor of a command."""
         return C.Actor(who.person_id, model_pb2.Role.ValueType(who.primary_role), who.roles)
 
     def _load(self, kind: str, ident: str, cls: type[S], field: str) -> S:
@@ -198,16 +206,21 @@ class Service:
             raise NotFound(f"no {kind} {ident!r}", field=field)
         return state
 
-    def _project(self, project_id: str, field: str = "project_id") -> ProjectState:
+    def project_state(self, project_id: str, field: str = "project_id") -> ProjectState:
+        """Feature API: the project from the bus (InvalidArgument when empty, NotFound naming `field`)."""
         return self._load("project", project_id, ProjectState, field)
 
-    def _person(self, person_id: str, field: str = "person_id") -> PersonState:
+    def person_state(self, person_id: str, field: str = "person_id") -> PersonState:
+        """Feature API: the person from the bus (InvalidArgument when empty, NotFound naming `field`)."""
         return self._load("person", person_id, PersonState, field)
 
-    def _task(self, task_id: str, field: str = "task_id") -> TaskState:
+    def task_state(self, task_id: str, field: str = "task_id") -> TaskState:
+        """Feature API: the task from the bus (InvalidArgument when empty, NotFound naming `field`)."""
         return self._load("task", task_id, TaskState, field)
 
-    def _member_or_admin(self, who: Principal, project: ProjectState) -> None:
+    def require_member_or_admin(self, who: Principal, project: ProjectState) -> None:
+        """Feature API: PermissionDenied unless the caller is a member of the project or sees
+        everything (admins, auditors)."""
         if who.sees_everything or who.person_id in project.members:
             return
         raise PermissionDenied(f"{who.person_id} is not a member of project {project.project_id}")
@@ -217,11 +230,11 @@ class Service:
         managers only; everyone else sees gold tasks as ordinary ones."""
         return who.sees_everything or (who.has(R.ROLE_MANAGER) and who.person_id in project.members)
 
-    def _may_see_task(self, who: Principal, task: TaskState, project: ProjectState) -> bool:
-        """Raise unless the caller may see the task; True if it sees all of it, False if only
-        its own part. Annotators see their own leases and annotations only, so work on a task
-        with overlap stays independent (nobody copies the first answer). Gold tasks: only those
-        who may see the known answer see all of it."""
+    def may_see_task(self, who: Principal, task: TaskState, project: ProjectState) -> bool:
+        """Feature API: raise unless the caller may see the task; True if it sees all of it,
+        False if only its own part. Annotators see their own leases and annotations only, so work
+        on a task with overlap stays independent (nobody copies the first answer). Gold tasks:
+        only those who may see the known answer see all of it."""
         if task.gold is not None and not self._sees_gold(who, project):
             if who.person_id in project.members and _works_on(task, who.person_id):
                 return False
@@ -239,7 +252,7 @@ class Service:
             return False
         raise PermissionDenied(f"task {task.task_id} is not leased to or annotated by {who.person_id}")
 
-    def _exec(
+    def execute(
         self,
         who: Principal,
         cmd: C.ProjectCommand | C.PersonCommand | C.TaskCommand,
@@ -248,14 +261,15 @@ class Service:
         *,
         prior_checked: bool = False,
     ) -> Outcome:
-        """Decide and append. `prior_checked`: the caller has already looked `command_id` up
+        """Feature API: decide and append as the caller, idempotent by `command_id` (with `fp`, the
+        `request_fingerprint`). `prior_checked`: the caller has already looked `command_id` up
         (and would have answered from the prior outcome), so the bus need not look again."""
         return self.bus.execute(
-            cmd, actor=self._actor(who), command_id=command_id, fingerprint=fp, prior_checked=prior_checked
+            cmd, actor=self.actor(who), command_id=command_id, fingerprint=fp, prior_checked=prior_checked
         )
 
-    def _settle(self, outcome: Outcome) -> None:
-        """Read-your-writes for rare admin changes: wait until projections include them."""
+    def wait_for_projections(self, outcome: Outcome) -> None:
+        """Feature API: read-your-writes for rare admin changes: wait until projections include them."""
         if self._wait is not None and outcome.events:
             self._wait(outcome.events[-1].position)  # type: ignore[operator]
 
@@ -295,20 +309,22 @@ class Service:
         out.quality.seed = kept or secrets.token_hex(16)
         return out
 
-    def _project_mutation(
+    def mutate_project(
         self, who: Principal, method: str, request: Message, cmd: C.ProjectCommand, command_id: str
     ) -> api_pb2.Project:
-        outcome = self._exec(who, cmd, command_id, _request_fingerprint(method, request))
-        self._settle(outcome)
-        return self.project_view(self._project(cmd.project_id))
+        """Feature API: append a project command (idempotent by `command_id`), wait for the
+        projections, answer with the project's view."""
+        outcome = self.execute(who, cmd, command_id, request_fingerprint(method, request))
+        self.wait_for_projections(outcome)
+        return self.project_view(self.project_state(cmd.project_id))
 
     def create_project(self, who: Principal, req: api_pb2.CreateProjectRequest) -> api_pb2.Project:
         who.require(MANAGE, "CreateProject")
         validate_id(req.project_id, field="project_id")
-        fp = _request_fingerprint("CreateProject", req)
+        fp = request_fingerprint("CreateProject", req)
         prior = self.bus.prior(req.command_id, fp)
         if prior is None:
-            outcome = self._exec(
+            outcome = self.execute(
                 who,
                 C.CreateProject(req.project_id, req.name, req.description, self._seeded(req.settings, None)),
                 req.command_id,
@@ -316,19 +332,19 @@ class Service:
                 prior_checked=True,
             )
             if not who.is_admin:  # the creating manager manages the project it made
-                self._exec(
+                self.execute(
                     who,
                     C.AddProjectMember(req.project_id, who.person_id),
                     f"{req.command_id}/creator" if req.command_id else "",
                     "",
                 )
-            self._settle(outcome)
-        return self.project_view(self._project(req.project_id))
+            self.wait_for_projections(outcome)
+        return self.project_view(self.project_state(req.project_id))
 
     def get_project(self, who: Principal, req: api_pb2.GetProjectRequest) -> api_pb2.Project:
         who.require(EVERYONE, "GetProject")
-        project = self._project(req.project_id)
-        self._member_or_admin(who, project)
+        project = self.project_state(req.project_id)
+        self.require_member_or_admin(who, project)
         return self.project_view(project, who)
 
     def list_projects(self, who: Principal, req: api_pb2.ListProjectsRequest) -> api_pb2.ListProjectsResponse:
@@ -341,22 +357,24 @@ class Service:
         out = api_pb2.ListProjectsResponse()
         for pid in ids:
             try:
-                out.projects.append(self.project_view(self._project(pid), who))
+                out.projects.append(self.project_view(self.project_state(pid), who))
             except NotFound:
                 continue
         return out
 
-    def _managed_project(self, who: Principal, project_id: str, what: str) -> ProjectState:
+    def managed_project(self, who: Principal, project_id: str, what: str) -> ProjectState:
+        """Feature API: the project, for admins and the project's managers only (`what` names the
+        refused operation)."""
         who.require(MANAGE, what)
-        project = self._project(project_id)
-        self._member_or_admin(who, project)
+        project = self.project_state(project_id)
+        self.require_member_or_admin(who, project)
         return project
 
     def update_project_settings(
         self, who: Principal, req: api_pb2.UpdateProjectSettingsRequest
     ) -> api_pb2.Project:
-        project = self._managed_project(who, req.project_id, "UpdateProjectSettings")
-        return self._project_mutation(
+        project = self.managed_project(who, req.project_id, "UpdateProjectSettings")
+        return self.mutate_project(
             who,
             "UpdateProjectSettings",
             req,
@@ -365,28 +383,28 @@ class Service:
         )
 
     def publish_label_schema(self, who: Principal, req: api_pb2.PublishLabelSchemaRequest) -> api_pb2.Project:
-        self._managed_project(who, req.project_id, "PublishLabelSchema")
-        return self._project_mutation(
+        self.managed_project(who, req.project_id, "PublishLabelSchema")
+        return self.mutate_project(
             who, "PublishLabelSchema", req, C.PublishLabelSchema(req.project_id, req.schema), req.command_id
         )
 
     def publish_guideline(self, who: Principal, req: api_pb2.PublishGuidelineRequest) -> api_pb2.Project:
-        self._managed_project(who, req.project_id, "PublishGuideline")
-        return self._project_mutation(
+        self.managed_project(who, req.project_id, "PublishGuideline")
+        return self.mutate_project(
             who, "PublishGuideline", req, C.PublishGuideline(req.project_id, req.guideline), req.command_id
         )
 
     def add_project_member(self, who: Principal, req: api_pb2.ProjectMemberRequest) -> api_pb2.Project:
-        self._managed_project(who, req.project_id, "AddProjectMember")
-        if self.bus.prior(req.command_id, _request_fingerprint("AddProjectMember", req)) is None:
-            self._person(req.person_id)
-        return self._project_mutation(
+        self.managed_project(who, req.project_id, "AddProjectMember")
+        if self.bus.prior(req.command_id, request_fingerprint("AddProjectMember", req)) is None:
+            self.person_state(req.person_id)
+        return self.mutate_project(
             who, "AddProjectMember", req, C.AddProjectMember(req.project_id, req.person_id), req.command_id
         )
 
     def remove_project_member(self, who: Principal, req: api_pb2.ProjectMemberRequest) -> api_pb2.Project:
-        self._managed_project(who, req.project_id, "RemoveProjectMember")
-        return self._project_mutation(
+        self.managed_project(who, req.project_id, "RemoveProjectMember")
+        return self.mutate_project(
             who,
             "RemoveProjectMember",
             req,
@@ -406,35 +424,35 @@ class Service:
     def register_person(self, who: Principal, req: api_pb2.RegisterPersonRequest) -> api_pb2.Person:
         who.require(MANAGE, "RegisterPerson")
         self._check_grant(who, req.person)
-        outcome = self._exec(
-            who, C.RegisterPerson(req.person), req.command_id, _request_fingerprint("RegisterPerson", req)
+        outcome = self.execute(
+            who, C.RegisterPerson(req.person), req.command_id, request_fingerprint("RegisterPerson", req)
         )
-        self._settle(outcome)
-        return self.person_view(self._person(req.person.person_id, field="person.person_id"))
+        self.wait_for_projections(outcome)
+        return self.person_view(self.person_state(req.person.person_id, field="person.person_id"))
 
     def update_person(self, who: Principal, req: api_pb2.UpdatePersonRequest) -> api_pb2.Person:
         who.require(MANAGE, "UpdatePerson")
         self._check_grant(who, req.person)
-        current = self._person(req.person.person_id, field="person.person_id")
+        current = self.person_state(req.person.person_id, field="person.person_id")
         if R.ROLE_ADMIN in current.roles and not who.is_admin:
             raise PermissionDenied("only admins may change an admin", field="person.person_id")
-        outcome = self._exec(
-            who, C.UpdatePerson(req.person), req.command_id, _request_fingerprint("UpdatePerson", req)
+        outcome = self.execute(
+            who, C.UpdatePerson(req.person), req.command_id, request_fingerprint("UpdatePerson", req)
         )
-        self._settle(outcome)
+        self.wait_for_projections(outcome)
         self._principals.clear()
-        return self.person_view(self._person(req.person.person_id, field="person.person_id"))
+        return self.person_view(self.person_state(req.person.person_id, field="person.person_id"))
 
     def get_person(self, who: Principal, req: api_pb2.GetPersonRequest) -> api_pb2.Person:
         if req.person_id != who.person_id:
             who.require((R.ROLE_ADMIN, R.ROLE_MANAGER, R.ROLE_AUDITOR), "GetPerson of someone else")
-        return self.person_view(self._person(req.person_id))
+        return self.person_view(self.person_state(req.person_id))
 
     def who_am_i(self, who: Principal) -> api_pb2.Person:
-        return self.person_view(self._person(who.person_id))
+        return self.person_view(self.person_state(who.person_id))
 
     def _may_manage_tokens_of(self, who: Principal, person_id: str) -> PersonState:
-        target = self._person(person_id)
+        target = self.person_state(person_id)
         if person_id == who.person_id:
             return target
         who.require(MANAGE, "managing another person's tokens")
@@ -469,24 +487,24 @@ class Service:
         secret, digest = new_token()
         token_id = codec.uuid7()
         expires = self.clock() + timedelta(seconds=ttl_seconds) if ttl_seconds else None
-        outcome = self._exec(
+        outcome = self.execute(
             actor,
             C.IssueToken(person_id, token_id, digest, description, expires),
             command_id or codec.uuid7(),
             "",
         )
-        self._settle(outcome)
+        self.wait_for_projections(outcome)
         return token_id, secret
 
     def revoke_token(self, who: Principal, req: api_pb2.RevokeTokenRequest) -> api_pb2.RevokeTokenResponse:
         self._may_manage_tokens_of(who, req.person_id)
-        outcome = self._exec(
+        outcome = self.execute(
             who,
             C.RevokeToken(req.person_id, req.token_id),
             req.command_id,
-            _request_fingerprint("RevokeToken", req),
+            request_fingerprint("RevokeToken", req),
         )
-        self._settle(outcome)
+        self.wait_for_projections(outcome)
         self._principals.clear()
         return api_pb2.RevokeTokenResponse()
 
@@ -546,7 +564,7 @@ class Service:
 
     def _first_stage(self, project_id: str) -> str:
         """Where the project's ordinary work waits after submission ("" : no review)."""
-        project = self._project(project_id)
+        project = self.project_state(project_id)
         pipeline = resolve_pipeline(project_id, project.settings)
         index = next_stage(pipeline, 0)
         return stage_name(pipeline.stages[index]) if index >= 0 else ""
@@ -574,28 +592,28 @@ class Service:
         """The view of a task its caller may see (a gold task: disguised unless privileged)."""
         if task.gold is None:
             return self.task_view(task, position)
-        project = self._project(task.project_id)
+        project = self.project_state(task.project_id)
         if self._sees_gold(who, project):
             return self.task_view(task, position, gold_answer=True)
         return self.task_view(task, position, only=who.person_id)
 
     def get_task(self, who: Principal, req: api_pb2.GetTaskRequest) -> api_pb2.Task:
         who.require(EVERYONE, "GetTask")
-        task = self._task(req.task_id)
-        full = self._may_see_task(who, task, self._project(task.project_id))
+        task = self.task_state(req.task_id)
+        full = self.may_see_task(who, task, self.project_state(task.project_id))
         return self.task_view(task, only="" if full else who.person_id, gold_answer=full)
 
     def list_tasks(self, who: Principal, req: api_pb2.ListTasksRequest) -> api_pb2.ListTasksResponse:
         who.require(READ_ALL, "ListTasks")
-        project = self._project(req.project_id)
-        self._member_or_admin(who, project)
+        project = self.project_state(req.project_id)
+        self.require_member_or_admin(who, project)
         limit = min(req.limit or 50, 500)
         status = STATUS_NAME.get(req.status) if req.status else None
         ids, token = queries.list_tasks(self.store, req.project_id, status, limit, req.page_token)
         out = api_pb2.ListTasksResponse(next_page_token=token)
         for tid in ids:
             try:
-                out.tasks.append(self.task_view(self._task(tid)))
+                out.tasks.append(self.task_view(self.task_state(tid)))
             except NotFound:
                 continue
         return out
@@ -604,8 +622,8 @@ class Service:
 
     def import_tasks(self, who: Principal, req: api_pb2.ImportTasksRequest) -> api_pb2.ImportTasksResponse:
         who.require((R.ROLE_ADMIN, R.ROLE_MANAGER, R.ROLE_ML_CLIENT), "ImportTasks")
-        project = self._project(req.project_id)
-        self._member_or_admin(who, project)
+        project = self.project_state(req.project_id)
+        self.require_member_or_admin(who, project)
         if not req.tasks:
             raise InvalidArgument("at least one task is required", field="tasks")
         if len(req.tasks) > MAX_IMPORT:
@@ -662,7 +680,7 @@ class Service:
             )
             for spec in specs
         ]
-        results = self.bus.execute_many(cmds, actor=self._actor(who), correlation_id=req.command_id)
+        results = self.bus.execute_many(cmds, actor=self.actor(who), correlation_id=req.command_id)
         out = api_pb2.ImportTasksResponse()
         last: Position | None = None
         for (cmd, _), result in zip(cmds, results, strict=True):
@@ -712,10 +730,10 @@ class Service:
 
     def ingest_prelabel(self, who: Principal, req: api_pb2.IngestPrelabelRequest) -> api_pb2.Task:
         who.require((R.ROLE_ADMIN, R.ROLE_MANAGER, R.ROLE_ML_CLIENT), "IngestPrelabel")
-        task = self._task(req.task_id)
-        project = self._project(task.project_id)
-        self._member_or_admin(who, project)
-        fp = _request_fingerprint("IngestPrelabel", req)
+        task = self.task_state(req.task_id)
+        project = self.project_state(task.project_id)
+        self.require_member_or_admin(who, project)
+        fp = request_fingerprint("IngestPrelabel", req)
         if self.bus.prior(req.command_id, fp) is None:
             if project.label_schema is None:
                 raise FailedPrecondition("the project has no label schema yet", field="project_id")
@@ -726,22 +744,22 @@ class Service:
                 media=task.spec.media,
                 field="annotation",
             )
-            self._exec(
+            self.execute(
                 who,
                 C.IngestPrelabel(req.task_id, codec.uuid7(), req.annotation),
                 req.command_id,
                 fp,
                 prior_checked=True,
             )
-        return self._view_for(who, self._task(req.task_id))
+        return self._view_for(who, self.task_state(req.task_id))
 
     # ------------------------------------------------------------------ tasks: work
 
     def _leased(self, outcome: Outcome, schema_of: ProjectState | None = None) -> api_pb2.NextTaskResponse:
         leased = outcome.first(events_pb2.TaskLeased)
         assert isinstance(leased, events_pb2.TaskLeased)
-        task = self._task(leased.task_id)
-        project = schema_of or self._project(task.project_id)
+        task = self.task_state(leased.task_id)
+        project = schema_of or self.project_state(task.project_id)
         # a gold task looks like an ordinary one with one slot: the caller's lease only
         only = leased.person_id if task.gold is not None else ""
         out = api_pb2.NextTaskResponse(
@@ -757,23 +775,23 @@ class Service:
 
     def next_task(self, who: Principal, req: api_pb2.NextTaskRequest) -> api_pb2.NextTaskResponse:
         who.require(ANNOTATE, "NextTask")
-        fp = _request_fingerprint("NextTask", req)
+        fp = request_fingerprint("NextTask", req)
         prior = self.bus.prior(req.command_id, fp)
         if prior is not None:
             return self._leased(prior)
         if req.project_id:
-            project = self._project(req.project_id)
+            project = self.project_state(req.project_id)
             if who.person_id not in project.members:
                 raise PermissionDenied(f"{who.person_id} is not a member of project {req.project_id}")
             project_ids = [req.project_id]
         else:
             project_ids = queries.projects_of(self.store, who.person_id)
-        person = self._fresh_person(who.person_id)
+        person = self.fresh_person(who.person_id)
         if person.skills != who.skills:  # granted (or removed) since the token was cached, maybe
             who = dataclasses.replace(who, skills=person.skills)  # by another coordinator process
         refused: list[str] = []
         for pid in project_ids:
-            project = self._project(pid)
+            project = self.project_state(pid)
             if project.label_schema is None or who.person_id not in project.members:
                 continue
             if manager.skip_paused(self, pid, named=bool(req.project_id)):
@@ -805,16 +823,16 @@ class Service:
             raise FailedPrecondition("; ".join(refused), field="project_id")
         return api_pb2.NextTaskResponse()
 
-    def _fresh_person(self, person_id: str) -> PersonState:
-        """The person as the log says now (suspensions may come from another process)."""
+    def fresh_person(self, person_id: str) -> PersonState:
+        """Feature API: the person as the log says now (suspensions may come from another process)."""
         _, state = self.bus.load(f"person:{person_id}")
         if not isinstance(state, PersonState):
             raise NotFound(f"no person {person_id!r}", field="person_id")
         return state
 
-    def _shift_left(self, person_id: str, now: datetime) -> float | None:
-        """Seconds left of the person's current shift (None: no schedule; <= 0: off shift)."""
-        person = self._person(person_id)
+    def shift_seconds_left(self, person_id: str, now: datetime) -> float | None:
+        """Feature API: seconds left of the person's current shift (None: no schedule; <= 0: off shift)."""
+        person = self.person_state(person_id)
         schedule = schedule_from_spec(person.spec.time_zone, person.spec.schedule)
         return None if schedule is None else shift_remaining(schedule, now).total_seconds()
 
@@ -837,14 +855,14 @@ class Service:
         if outcome is None:
             outcome = self._lease_first(who, pid, command_id, fp)
         if outcome is not None:
-            self._settle(outcome)
+            self.wait_for_projections(outcome)
         return outcome
 
     def _lease_gold(
         self, who: Principal, project_id: str, seed: str, standing: Standing, command_id: str, fp: str
     ) -> Outcome | None:
         now = self.clock()
-        left = self._shift_left(who.person_id, now)
+        left = self.shift_seconds_left(who.person_id, now)
         if left is not None and left <= 0:
             return None
         candidates = [
@@ -855,7 +873,7 @@ class Service:
             and (left is None or int(doc["expected_seconds"]) <= left)
         ]
         candidates.sort(key=lambda doc: (gold_order(seed, who.person_id, doc["task_id"]), doc["task_id"]))
-        return self._lease_one(
+        return self.lease_first_allowed(
             who,
             [doc["task_id"] for doc in candidates[:64]],
             command_id,
@@ -869,10 +887,10 @@ class Service:
         self, who: Principal, project_id: str, attempt: AttemptState, command_id: str, fp: str
     ) -> Outcome | None:
         now = self.clock()
-        left = self._shift_left(who.person_id, now)
+        left = self.shift_seconds_left(who.person_id, now)
         if left is not None and left <= 0:
             return None
-        return self._lease_one(
+        return self.lease_first_allowed(
             who,
             list(attempt.pending),
             command_id,
@@ -882,7 +900,7 @@ class Service:
             ),
         )
 
-    def _lease_one(
+    def lease_first_allowed(
         self,
         who: Principal,
         task_ids: list[str],
@@ -890,12 +908,12 @@ class Service:
         fp: str,
         lease: Callable[[str], C.LeaseTask],
     ) -> Outcome | None:
-        """Lease the first of `task_ids` the domain allows (a refusal moves on)."""
+        """Feature API: lease the first of `task_ids` the domain allows (a refusal moves on)."""
         cid = command_id or codec.uuid7()
         for task_id in task_ids:
             try:
                 return self.bus.execute(
-                    lease(task_id), actor=self._actor(who), command_id=cid, fingerprint=fp, prior_checked=True
+                    lease(task_id), actor=self.actor(who), command_id=cid, fingerprint=fp, prior_checked=True
                 )
             except (FailedPrecondition, NotFound, PermissionDenied):
                 continue
@@ -911,7 +929,7 @@ class Service:
         """
         cid = command_id or codec.uuid7()
         now = self.clock()
-        person = self._person(who.person_id)
+        person = self.person_state(who.person_id)
         schedule = schedule_from_spec(person.spec.time_zone, person.spec.schedule)
         left: float | None = None  # seconds of shift left; None: no schedule, always available
         if schedule is not None:
@@ -924,11 +942,11 @@ class Service:
             contended = passed = 0
             for task_id in candidates:
                 cached = self.bus.peek(f"task:{task_id}")
-                if isinstance(cached, TaskState) and not _could_lease(cached, who.person_id, now):
+                if isinstance(cached, TaskState) and not could_lease(cached, who.person_id, now):
                     contended += 1  # full or ours already; the queue projection has not caught up yet
                     continue
                 if left is not None:
-                    task = cached if isinstance(cached, TaskState) else self._task(task_id)
+                    task = cached if isinstance(cached, TaskState) else self.task_state(task_id)
                     if task.spec.expected_seconds > left:
                         passed += 1  # cannot be finished before this shift ends
                         continue
@@ -940,7 +958,7 @@ class Service:
                 try:
                     return self.bus.execute(
                         C.LeaseTask(task_id, codec.uuid7(), who.person_id, who.skills, now),
-                        actor=self._actor(who),
+                        actor=self.actor(who),
                         command_id=cid,
                         fingerprint=fp,
                         prior_checked=True,
@@ -962,30 +980,30 @@ class Service:
 
     def release_task(self, who: Principal, req: api_pb2.ReleaseTaskRequest) -> api_pb2.Task:
         who.require(ANNOTATE, "ReleaseTask")
-        self._exec(
+        self.execute(
             who,
             C.ReleaseLease(req.task_id, req.lease_id, who.person_id, req.reason),
             req.command_id,
-            _request_fingerprint("ReleaseTask", req),
+            request_fingerprint("ReleaseTask", req),
         )
-        return self._view_for(who, self._task(req.task_id))
+        return self._view_for(who, self.task_state(req.task_id))
 
     def abandon_annotation(self, who: Principal, req: api_pb2.AbandonAnnotationRequest) -> api_pb2.Task:
         """The author gives up their rejected work; the domain refuses it for anyone else, for work
         that is not rejected, and while a dispute of it is open."""
         who.require(ANNOTATE, "AbandonAnnotation")
-        self._exec(
+        self.execute(
             who,
             C.AbandonAnnotation(req.task_id, req.annotation_id, who.person_id, req.reason),
             req.command_id,
-            _request_fingerprint("AbandonAnnotation", req),
+            request_fingerprint("AbandonAnnotation", req),
         )
-        return self._view_for(who, self._task(req.task_id))
+        return self._view_for(who, self.task_state(req.task_id))
 
     def _validate_for_task(
         self, task: TaskState, annotation: annotation_pb2.Annotation, field: str
     ) -> tuple[ProjectState, annotation_pb2.Annotation]:
-        project = self._project(task.project_id)
+        project = self.project_state(task.project_id)
         if project.label_schema is None:
             raise FailedPrecondition("the project has no label schema yet", field="task_id")
         ann = annotation_pb2.Annotation()
@@ -1003,10 +1021,10 @@ class Service:
 
     def submit(self, who: Principal, req: api_pb2.SubmitRequest) -> api_pb2.SubmitResponse:
         who.require(ANNOTATE, "Submit")
-        fp = _request_fingerprint("Submit", req)
+        fp = request_fingerprint("Submit", req)
         prior = self.bus.prior(req.command_id, fp)
         if prior is None:
-            task = self._task(req.task_id)
+            task = self.task_state(req.task_id)
             lease = task.leases.get(req.lease_id)
             if lease is not None and lease.person_id != who.person_id:
                 raise PermissionDenied(f"lease {req.lease_id} belongs to someone else", field="lease_id")
@@ -1019,7 +1037,7 @@ class Service:
                 scoring = Scoring(
                     policy.iou_threshold, policy.oks_threshold, policy.pass_score, project.label_schema
                 )
-            prior = self._exec(
+            prior = self.execute(
                 who,
                 C.SubmitAnnotation(
                     req.task_id,
@@ -1043,7 +1061,7 @@ class Service:
             )
         # also on a retry: a crash between the two appends is healed by the client's retry
         self._record_gold(prior)
-        submitted = _event_of(prior, events_pb2.AnnotationSubmitted)
+        submitted = event_of(prior, events_pb2.AnnotationSubmitted)
         return api_pb2.SubmitResponse(
             annotation_id=submitted.annotation_id, version=submitted.version, position=prior.position
         )
@@ -1062,13 +1080,13 @@ class Service:
         suspension rule (or the qualification attempt's outcome) against the results before it,
         in stream order. None: refused (recorded already, or no longer counts)."""
         scored = env.gold_scored
-        project = self._project(scored.project_id)
+        project = self.project_state(scored.project_id)
         try:
             result = self.bus.execute(
                 C.RecordGoldResult(
                     scored.person_id, scored, env.event_id, project.settings.quality, self.clock()
                 ),
-                actor=self._actor(SYSTEM),
+                actor=self.actor(SYSTEM),
                 command_id=gold_command_id(scored.task_id, scored.annotation_id),
                 correlation_id=env.correlation_id,
                 causation_id=env.event_id,
@@ -1087,14 +1105,14 @@ class Service:
 
     def edit_annotation(self, who: Principal, req: api_pb2.EditAnnotationRequest) -> api_pb2.SubmitResponse:
         who.require(ANNOTATE, "EditAnnotation")
-        fp = _request_fingerprint("EditAnnotation", req)
+        fp = request_fingerprint("EditAnnotation", req)
         prior = self.bus.prior(req.command_id, fp)
         if prior is None:
-            task = self._task(req.task_id)
+            task = self.task_state(req.task_id)
             if not req.annotation_id:
                 raise InvalidArgument("required", field="annotation_id")
             project, ann = self._validate_for_task(task, req.annotation, "annotation")
-            prior = self._exec(
+            prior = self.execute(
                 who,
                 C.EditAnnotation(
                     req.task_id,
@@ -1110,26 +1128,26 @@ class Service:
                 fp,
                 prior_checked=True,
             )
-        edited = _event_of(prior, events_pb2.AnnotationEdited)
+        edited = event_of(prior, events_pb2.AnnotationEdited)
         return api_pb2.SubmitResponse(
             annotation_id=edited.annotation_id, version=edited.version, position=prior.position
         )
 
     def review(self, who: Principal, req: api_pb2.ReviewRequest) -> api_pb2.ReviewResponse:
         who.require(REVIEW, "Review")
-        fp = _request_fingerprint("Review", req)
+        fp = request_fingerprint("Review", req)
         prior = self.bus.prior(req.command_id, fp)
         if prior is None:
-            task = self._task(req.task_id)
-            project = self._project(task.project_id)
-            self._member_or_admin(who, project)
+            task = self.task_state(req.task_id)
+            project = self.project_state(task.project_id)
+            self.require_member_or_admin(who, project)
             correction: annotation_pb2.Annotation | None = None
             if req.verdict == R.VERDICT_CORRECT:
                 if not req.HasField("correction"):
                     raise InvalidArgument("a correction is required for VERDICT_CORRECT", field="correction")
                 _, correction = self._validate_for_task(task, req.correction, "correction")
             reviewed = task.annotations.get(req.annotation_id)
-            prior = self._exec(
+            prior = self.execute(
                 who,
                 C.ReviewAnnotation(
                     req.task_id,
@@ -1151,8 +1169,8 @@ class Service:
                 fp,
                 prior_checked=True,
             )
-        recorded = _event_of(prior, events_pb2.ReviewRecorded)
-        task_now = self._task(recorded.task_id)
+        recorded = event_of(prior, events_pb2.ReviewRecorded)
+        task_now = self.task_state(recorded.task_id)
         ann_status: api_pb2.AnnotationStatus.ValueType = api_pb2.ANNOTATION_STATUS_REJECTED
         where = ""
         if recorded.verdict != R.VERDICT_REJECT:
@@ -1178,15 +1196,15 @@ class Service:
 
     def reopen_task(self, who: Principal, req: api_pb2.ReopenTaskRequest) -> api_pb2.Task:
         who.require((R.ROLE_ADMIN, R.ROLE_MANAGER, R.ROLE_QA, R.ROLE_EXPERT), "ReopenTask")
-        task = self._task(req.task_id)
-        self._member_or_admin(who, self._project(task.project_id))
-        self._exec(
+        task = self.task_state(req.task_id)
+        self.require_member_or_admin(who, self.project_state(task.project_id))
+        self.execute(
             who,
             C.ReopenTask(req.task_id, req.reason),
             req.command_id,
-            _request_fingerprint("ReopenTask", req),
+            request_fingerprint("ReopenTask", req),
         )
-        return self.task_view(self._task(req.task_id))
+        return self.task_view(self.task_state(req.task_id))
 
     def expire_leases(self, limit: int = 500) -> int:
         """Timer body: expire leases past their deadline (idempotent per lease)."""
@@ -1196,7 +1214,7 @@ class Service:
             try:
                 self.bus.execute(
                     C.ExpireLease(task_id, lease_id, now),
-                    actor=self._actor(SYSTEM),
+                    actor=self.actor(SYSTEM),
                     command_id=f"expire/{lease_id}",
                 )
                 count += 1
@@ -1251,34 +1269,34 @@ class Service:
 
     def open_dispute(self, who: Principal, req: api_pb2.OpenDisputeRequest) -> api_pb2.Dispute:
         who.require(ANNOTATE, "OpenDispute")
-        fp = _request_fingerprint("OpenDispute", req)
+        fp = request_fingerprint("OpenDispute", req)
         prior = self.bus.prior(req.command_id, fp)
         if prior is None:
-            task = self._task(req.task_id)
-            self._member_or_admin(who, self._project(task.project_id))
+            task = self.task_state(req.task_id)
+            self.require_member_or_admin(who, self.project_state(task.project_id))
             if not req.annotation_id:
                 raise InvalidArgument("required", field="annotation_id")
-            prior = self._exec(
+            prior = self.execute(
                 who,
                 C.OpenDispute(req.task_id, req.annotation_id, codec.uuid7(), who.person_id, req.comment),
                 req.command_id,
                 fp,
                 prior_checked=True,
             )
-        opened = _event_of(prior, events_pb2.DisputeOpened)
+        opened = event_of(prior, events_pb2.DisputeOpened)
         return self._dispute_view(opened.task_id, opened.dispute_id)
 
     def resolve_dispute(self, who: Principal, req: api_pb2.ResolveDisputeRequest) -> api_pb2.Dispute:
         who.require((R.ROLE_EXPERT,), "ResolveDispute")
-        fp = _request_fingerprint("ResolveDispute", req)
+        fp = request_fingerprint("ResolveDispute", req)
         prior = self.bus.prior(req.command_id, fp)
         if prior is None:
-            task = self._task(req.task_id)
-            self._member_or_admin(who, self._project(task.project_id))
+            task = self.task_state(req.task_id)
+            self.require_member_or_admin(who, self.project_state(task.project_id))
             if not req.dispute_id:
                 raise InvalidArgument("required", field="dispute_id")
             dispute = task.disputes.get(req.dispute_id)
-            prior = self._exec(
+            prior = self.execute(
                 who,
                 C.ResolveDispute(
                     req.task_id,
@@ -1293,15 +1311,15 @@ class Service:
                 fp,
                 prior_checked=True,
             )
-        resolved = _event_of(prior, events_pb2.DisputeResolved)
+        resolved = event_of(prior, events_pb2.DisputeResolved)
         out = self._dispute_view(resolved.task_id, resolved.dispute_id)
         if resolved.decision == R.DISPUTE_DECISION_OVERTURN:
-            out.next_stage = _sent_on(self._task(resolved.task_id), prior, resolved.stage_index)[1]
+            out.next_stage = _sent_on(self.task_state(resolved.task_id), prior, resolved.stage_index)[1]
         return out
 
     def list_disputes(self, who: Principal, req: api_pb2.ListDisputesRequest) -> api_pb2.ListDisputesResponse:
         who.require(READ_ALL, "ListDisputes")
-        self._member_or_admin(who, self._project(req.project_id))
+        self.require_member_or_admin(who, self.project_state(req.project_id))
         open_ = req.status in (api_pb2.DISPUTE_STATUS_UNSPECIFIED, api_pb2.DISPUTE_STATUS_OPEN)
         docs, token = review_queries.disputes(
             self.store,
@@ -1316,8 +1334,8 @@ class Service:
         self, who: Principal, req: api_pb2.ListReviewQueueRequest
     ) -> api_pb2.ListReviewQueueResponse:
         who.require(READ_ALL, "ListReviewQueue")
-        project = self._project(req.project_id)
-        self._member_or_admin(who, project)
+        project = self.project_state(req.project_id)
+        self.require_member_or_admin(who, project)
         pipeline = resolve_pipeline(project.project_id, project.settings)
         stages = {stage_name(s): s for s in pipeline.stages}
         name = req.stage or next(iter(stages), "")
@@ -1356,8 +1374,8 @@ class Service:
 
     def get_review_state(self, who: Principal, req: api_pb2.GetReviewStateRequest) -> api_pb2.ReviewState:
         who.require(EVERYONE, "GetReviewState")
-        task = self._task(req.task_id)
-        full = self._may_see_task(who, task, self._project(task.project_id))
+        task = self.task_state(req.task_id)
+        full = self.may_see_task(who, task, self.project_state(task.project_id))
         if task.gold is not None and not full:
             return self._disguised_review_state(task, who.person_id)
         out = api_pb2.ReviewState(
@@ -1407,7 +1425,7 @@ class Service:
     def _disguised_review_state(self, task: TaskState, person_id: str) -> api_pb2.ReviewState:
         """A gold task's review state as one of its annotators sees it: their answer waiting at
         the project's first stage (accepted where the project does not review)."""
-        project = self._project(task.project_id)
+        project = self.project_state(task.project_id)
         pipeline = resolve_pipeline(task.project_id, project.settings)
         first = self._first_stage(task.project_id)
         out = api_pb2.ReviewState(
@@ -1438,7 +1456,7 @@ class Service:
             if not who.sees_everything:  # managers: the projects they manage
                 scope = frozenset(queries.projects_of(self.store, who.person_id))
         if req.project_id:
-            self._member_or_admin(who, self._project(req.project_id))
+            self.require_member_or_admin(who, self.project_state(req.project_id))
             scope = frozenset({req.project_id})
         limit = min(req.limit or 50, MAX_PAGE)
         # two feeds with one cursor format: verdicts on work (review view) and qualification
@@ -1463,7 +1481,7 @@ class Service:
             pid = row["project_id"]
             if pid not in projects:
                 try:
-                    projects[pid] = self._project(pid)
+                    projects[pid] = self.project_state(pid)
                 except NotFound:
                     projects[pid] = None
             project = projects[pid]
@@ -1496,8 +1514,8 @@ class Service:
     def _quality_scope(self, who: Principal, project_id: str, person_id: str, what: str) -> ProjectState:
         """Yourself in a project of yours; other people: admins and auditors, or the project's
         managers and QA."""
-        project = self._project(project_id)
-        self._member_or_admin(who, project)
+        project = self.project_state(project_id)
+        self.require_member_or_admin(who, project)
         if person_id != who.person_id:
             who.require(QUALITY_READERS, f"{what} of other people")
         return project
@@ -1515,7 +1533,7 @@ class Service:
         per-class figures and times from the gold view."""
         pid = project.project_id
         policy = resolve_policy(pid, project.settings.quality)
-        standing = self._person(person_id).standing(pid)
+        standing = self.person_state(person_id).standing(pid)
         window = standing.window
         out = api_pb2.AccuracyReport(
             person_id=person_id,
@@ -1586,8 +1604,8 @@ class Service:
 
     def list_accuracy(self, who: Principal, req: api_pb2.ListAccuracyRequest) -> api_pb2.ListAccuracyResponse:
         who.require(QUALITY_READERS, "ListAccuracy")
-        project = self._project(req.project_id)
-        self._member_or_admin(who, project)
+        project = self.project_state(req.project_id)
+        self.require_member_or_admin(who, project)
         out = api_pb2.ListAccuracyResponse()
         for doc in gold_queries.accuracy_of_project(self.store, req.project_id):
             try:
@@ -1600,8 +1618,8 @@ class Service:
         self, who: Principal, req: api_pb2.ListSuspensionsRequest
     ) -> api_pb2.ListSuspensionsResponse:
         who.require(QUALITY_READERS, "ListSuspensions")
-        project = self._project(req.project_id)
-        self._member_or_admin(who, project)
+        project = self.project_state(req.project_id)
+        self.require_member_or_admin(who, project)
         out = api_pb2.ListSuspensionsResponse()
         for person_id, doc in gold_queries.suspensions(self.store, req.project_id):
             item = api_pb2.Suspension(
@@ -1619,32 +1637,32 @@ class Service:
         return out
 
     def reinstate_person(self, who: Principal, req: api_pb2.ReinstatePersonRequest) -> api_pb2.AccuracyReport:
-        project = self._managed_project(who, req.project_id, "ReinstatePerson")
-        fp = _request_fingerprint("ReinstatePerson", req)
+        project = self.managed_project(who, req.project_id, "ReinstatePerson")
+        fp = request_fingerprint("ReinstatePerson", req)
         prior = self.bus.prior(req.command_id, fp)
         if prior is None:
             if not req.person_id:
                 raise InvalidArgument("required", field="person_id")
-            self._person(req.person_id)
-            prior = self._exec(
+            self.person_state(req.person_id)
+            prior = self.execute(
                 who,
                 C.ReinstatePerson(req.person_id, req.project_id, who.person_id, req.reason),
                 req.command_id,
                 fp,
                 prior_checked=True,
             )
-        reinstated = _event_of(prior, events_pb2.PersonReinstated)
-        self._settle(prior)
+        reinstated = event_of(prior, events_pb2.PersonReinstated)
+        self.wait_for_projections(prior)
         return self._accuracy_report(project, reinstated.person_id, recent=True)
 
     def start_qualification(
         self, who: Principal, req: api_pb2.StartQualificationRequest
     ) -> api_pb2.QualificationStatus:
         who.require(ANNOTATE, "StartQualification")
-        fp = _request_fingerprint("StartQualification", req)
+        fp = request_fingerprint("StartQualification", req)
         prior = self.bus.prior(req.command_id, fp)
         if prior is None:
-            project = self._project(req.project_id)
+            project = self.project_state(req.project_id)
             if who.person_id not in project.members:
                 raise PermissionDenied(f"{who.person_id} is not a member of project {req.project_id}")
             if not req.skill:
@@ -1657,7 +1675,7 @@ class Service:
                     f" (qualifications: {known})",
                     field="skill",
                 )
-            person = self._fresh_person(who.person_id)
+            person = self.fresh_person(who.person_id)
             attempt = person.standing(req.project_id).qualification(req.skill).last_attempt + 1
             policy = resolve_policy(req.project_id, project.settings.quality)
             items = [  # items the person could not lease would keep the attempt open for ever
@@ -1666,7 +1684,7 @@ class Service:
                 if set(doc["required_skills"]) <= who.skills
             ]
             chosen = choose_items(policy.seed, who.person_id, attempt, items, qualification.items)
-            prior = self._exec(
+            prior = self.execute(
                 who,
                 C.StartQualification(
                     who.person_id, req.project_id, req.skill, qualification, tuple(chosen), self.clock()
@@ -1675,7 +1693,7 @@ class Service:
                 fp,
                 prior_checked=True,
             )
-        started = _event_of(prior, events_pb2.QualificationStarted)
+        started = event_of(prior, events_pb2.QualificationStarted)
         return self._qualification_status(
             started.project_id, started.person_id, started.skill, prior.position
         )
@@ -1693,8 +1711,8 @@ class Service:
     def _qualification_status(
         self, project_id: str, person_id: str, skill: str, position: str = ""
     ) -> api_pb2.QualificationStatus:
-        project = self._project(project_id)
-        person = self._person(person_id)
+        project = self.project_state(project_id)
+        person = self.person_state(person_id)
         qs = person.standing(project_id).qualification(skill)
         configured = qualification_of(project.settings.quality, skill)
         if configured is None and not qs.last_attempt:
@@ -1734,8 +1752,8 @@ class Service:
 
     def history(self, who: Principal, req: api_pb2.HistoryRequest) -> api_pb2.HistoryResponse:
         who.require(EVERYONE, "History")
-        task = self._task(req.task_id)
-        full = self._may_see_task(who, task, self._project(task.project_id))
+        task = self.task_state(req.task_id)
+        full = self.may_see_task(who, task, self.project_state(task.project_id))
         mine = {a.annotation_id for a in task.annotations.values() if a.author_id == who.person_id}
         until = (
             Position.parse(req.as_of_position, field_name="as_of_position") if req.as_of_position else None
@@ -1777,7 +1795,7 @@ class Service:
         if envelope.type != "gold_task_imported":
             return envelope
         gold = envelope.gold_task_imported
-        project = self._project(task.project_id)
+        project = self.project_state(task.project_id)
         pipeline = resolve_pipeline(task.project_id, project.settings)
         out = events_pb2.EventEnvelope()
         out.CopyFrom(envelope)
@@ -1799,8 +1817,8 @@ class Service:
         who.require(EVERYONE, "GetMetrics")
         scope = req.project_id or "*"
         if req.project_id:
-            project = self._project(req.project_id)
-            self._member_or_admin(who, project)
+            project = self.project_state(req.project_id)
+            self.require_member_or_admin(who, project)
         if req.person_id != who.person_id:
             who.require((R.ROLE_ADMIN, R.ROLE_MANAGER, R.ROLE_AUDITOR), "GetMetrics of other people")
             if scope == "*" and not who.sees_everything:
@@ -1823,8 +1841,8 @@ class Service:
     ) -> Iterator[api_pb2.LabelEvent]:
         """Accepted labels of one project in log order; `active()` False ends the stream."""
         who.require((R.ROLE_ADMIN, R.ROLE_MANAGER, R.ROLE_AUDITOR, R.ROLE_ML_CLIENT), "SubscribeLabels")
-        project = self._project(req.project_id)
-        self._member_or_admin(who, project)
+        project = self.project_state(req.project_id)
+        self.require_member_or_admin(who, project)
         cursor = parse_checkpoint(req.resume_token)
         self.metrics.label_subscribers.inc()
         try:
@@ -1854,8 +1872,8 @@ class Service:
         """The latest accepted label per (task, annotation), read page by page from the projection
         so memory stays flat whatever the project's size; the cursor is the row's sort key."""
         who.require((R.ROLE_ADMIN, R.ROLE_MANAGER, R.ROLE_AUDITOR, R.ROLE_ML_CLIENT), "ExportLabels")
-        project = self._project(req.project_id)
-        self._member_or_admin(who, project)
+        project = self.project_state(req.project_id)
+        self.require_member_or_admin(who, project)
         cursor = req.cursor
         while active():  # type: ignore[operator]
             page = queries.accepted_labels(self.store, req.project_id, after=cursor, limit=500)
@@ -2018,7 +2036,9 @@ def _gold_import(
     return C.ImportGoldTask(project_id, batch_id, plain, gold, lease_seconds)
 
 
-def _could_lease(task: TaskState, person_id: str, now: datetime) -> bool:
+def could_lease(task: TaskState, person_id: str, now: datetime) -> bool:
+    """Whether a lease of the task by the person at `now` may be allowed (a cheap pre-check of the
+    lease decision: the task is open, has a slot, and holds no live lease of theirs)."""
     if task.status == "done":
         return False
     if any(lease.person_id == person_id and lease.expires_at > now for lease in task.leases.values()):

@@ -62,7 +62,7 @@ def submit_without_record(
     """What Submit appends on the task stream (GoldScored included), and then a crash: the
     person's `RecordGoldResult` is never sent."""
     service = crew.env.server.app.service
-    project = service._project("p1")
+    project = service.project_state("p1")
     q = resolve_policy("p1", project.settings.quality)
     return bus.execute(
         C.SubmitAnnotation(
@@ -211,7 +211,7 @@ def test_a_skill_granted_by_another_coordinator_is_used_by_the_next_lease(crew: 
     other = CommandBus(app.log)  # the other coordinator: submits and records there
     outcome = submit_without_record(crew, other, "ann", item, "elsewhere")
     scored = next(e.envelope for e in outcome.events if e.envelope.type == "gold_scored")
-    project = app.service._project("p1")
+    project = app.service.project_state("p1")
     other.execute(
         C.RecordGoldResult("ann", scored.gold_scored, scored.event_id, project.settings.quality, env.clock()),
         actor=C.Actor("system", M.ROLE_ADMIN),
