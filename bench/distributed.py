@@ -42,10 +42,8 @@ import io
 import json
 import logging
 import os
-import platform
 import pstats
 import statistics
-import sys
 import threading
 import time
 import uuid
@@ -57,6 +55,7 @@ from typing import Any
 
 from google.protobuf.message import Message
 
+from bench.report import host_notes, loadavg, render_errors, render_header, render_rows, say, thousands
 from coordinator._pb.labelweave.events.v1 import annotation_pb2, events_pb2, model_pb2
 from coordinator.errors import LabelweaveError
 from coordinator.eventlog import codec
@@ -97,11 +96,6 @@ class BenchError(Exception):
 # ---------------------------------------------------------------------- small helpers
 
 
-def loadavg() -> str:
-    one, five, fifteen = os.getloadavg()
-    return f"{one:.2f} {five:.2f} {fifteen:.2f}"
-
-
 def median(values: Sequence[float]) -> float:
     return statistics.median(values) if values else float("nan")
 
@@ -117,27 +111,12 @@ def cpu() -> float:
 
 
 def machine_notes(kafka_address: str, cassandra_address: str) -> dict[str, str]:
-    cpu = "unknown"
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    mem = "unknown"
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/meminfo").read_text().splitlines():
-            if line.startswith("MemTotal:"):
-                mem = f"{int(line.split()[1]) / 1024 / 1024:.1f} GiB"
     import cassandra  # type: ignore[import-untyped]
     import google.protobuf
     import kafka  # type: ignore[import-untyped]
 
     return {
-        "date": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
-        "cpus": f"{os.cpu_count()} x {cpu}",
-        "memory": mem,
-        "kernel": platform.release(),
-        "python": platform.python_version(),
+        **host_notes(),
         "clients": f"kafka-python {kafka.__version__} (CRC32C {kafka_crc32c()}),"
         f" cassandra-driver {cassandra.__version__}, protobuf {google.protobuf.__version__}",
         "kafka": kafka_version(kafka_address),
@@ -886,17 +865,13 @@ def run_round(args: argparse.Namespace, run_id: str, index: int, say: Callable[[
 # ---------------------------------------------------------------------- report
 
 
-def _n(x: float) -> str:
-    return f"{x:,.0f}"
-
-
 def _r(x: float) -> str:
     return f"{x:.3f}"
 
 
 def render_table(results: Sequence[RoundResult], seconds: float) -> str:
     def row(
-        label: str, pick: Callable[[RoundResult], float], fmt: Callable[[float], str] = _n
+        label: str, pick: Callable[[RoundResult], float], fmt: Callable[[float], str] = thousands
     ) -> tuple[str, list[str]]:
         values = [pick(r) for r in results]
         return label, [fmt(v) for v in values] + ([fmt(median(values))] if len(results) > 1 else [])
@@ -961,11 +936,7 @@ def render_table(results: Sequence[RoundResult], seconds: float) -> str:
             + ([""] if len(results) > 1 else []),
         ),
     ]
-    label_w = max(len(label) for label, _ in rows)
-    col_w = max(10, *(len(v) for _, vals in rows for v in vals))
-    return "\n".join(
-        f"{label:<{label_w}}  " + "  ".join(f"{v:>{col_w}}" for v in vals) for label, vals in rows
-    )
+    return render_rows(rows, min_width=10)
 
 
 @dataclass
@@ -1101,9 +1072,6 @@ def main(argv: list[str] | None = None) -> int:
     logging.getLogger("cassandra").setLevel(logging.ERROR)
     logging.getLogger("kafka").setLevel(logging.ERROR)  # "task ran for 0.12 s" on a busy machine
 
-    def say(msg: str) -> None:
-        print(f"{time.strftime('%H:%M:%S')} {msg}", file=sys.stderr, flush=True)
-
     started = time.perf_counter()
     run_id = uuid.uuid4().hex[:8]
     results: list[RoundResult] = []
@@ -1116,15 +1084,18 @@ def main(argv: list[str] | None = None) -> int:
     except (BenchError, LabelweaveError, OSError) as exc:
         failure = f"{type(exc).__name__}: {exc}"
 
-    print("Labelweave distributed benchmark (python -m bench.distributed)")
-    for key, value in notes.items():
-        print(f"  {key:<9} {value}")
-    print(
-        f"  workload  {args.events:,} timed events per round (tasks of 5 events in 3 appends),"
+    workload = (
+        f"{args.events:,} timed events per round (tasks of 5 events in 3 appends),"
         f" {args.repeat} round(s), threaded phases {args.seconds:g} s,"
         f" rebuild in {args.rebuild_workers} process(es)"
     )
-    print(f"  load avg  {loadavg()} at the end; total run {time.perf_counter() - started:.0f} s")
+    print(
+        render_header(
+            "Labelweave distributed benchmark (python -m bench.distributed)",
+            [*notes.items(), ("workload", workload)],
+            started,
+        )
+    )
     print()
     goals: list[Goal] = []
     if results:
@@ -1145,9 +1116,7 @@ def main(argv: list[str] | None = None) -> int:
         errors.append(failure)
     if errors:
         print()
-        print("ERRORS:")
-        for e in errors:
-            print(f"  {e}")
+        print(render_errors(errors))
     if args.json:
         payload = {
             "machine": notes,

@@ -27,7 +27,6 @@ import cProfile
 import gc
 import json
 import os
-import platform
 import re
 import shutil
 import signal
@@ -41,13 +40,13 @@ import time
 import urllib.request
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
-from datetime import UTC, datetime
 from pathlib import Path
 from types import FrameType
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from bench.report import host_notes, loadavg, render_errors, render_header, render_rows, say, thousands
 from coordinator._pb.labelweave.api.v1 import api_pb2, api_pb2_grpc
 from coordinator._pb.labelweave.events.v1 import annotation_pb2, model_pb2
 from coordinator.client import error_code, translate_error
@@ -99,11 +98,6 @@ def free_port() -> int:
         return port
 
 
-def loadavg() -> str:
-    one, five, fifteen = os.getloadavg()
-    return f"{one:.2f} {five:.2f} {fifteen:.2f}"
-
-
 def proc_cpu_seconds(pid: int) -> float:
     """utime + stime of a process (all its threads), from /proc/<pid>/stat."""
     text = Path(f"/proc/{pid}/stat").read_text()
@@ -128,25 +122,10 @@ def proc_memory_mb(pid: int) -> tuple[float, float]:
 
 
 def machine_notes(workdir: Path) -> dict[str, str]:
-    cpu = "unknown"
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    mem = "unknown"
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/meminfo").read_text().splitlines():
-            if line.startswith("MemTotal:"):
-                mem = f"{int(line.split()[1]) / 1024 / 1024:.1f} GiB"
     import google.protobuf
 
     return {
-        "date": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
-        "cpus": f"{os.cpu_count()} x {cpu}",
-        "memory": mem,
-        "kernel": platform.release(),
-        "python": platform.python_version(),
+        **host_notes(),
         "sqlite": sqlite3.sqlite_version,
         "grpcio": grpc.__version__,
         "protobuf": google.protobuf.__version__,
@@ -947,20 +926,16 @@ def _ms(x: float) -> str:
     return "n/a" if x != x else f"{x:.2f}"  # NaN check
 
 
-def _n(x: float) -> str:
-    return f"{x:,.0f}"
-
-
 def render_table(results: Sequence[SizeResult], threads: int) -> str:
     rows: list[tuple[str, list[str]]] = [
-        ("queued tasks", [_n(r.size) for r in results]),
+        ("queued tasks", [thousands(r.size) for r in results]),
         ("load average before (1/5/15 min)", [r.loadavg_before for r in results]),
-        ("import, tasks/s (acknowledged)", [_n(r.imported.acked_rate) for r in results]),
-        ("import, tasks/s (until all queued)", [_n(r.imported.queued_rate) for r in results]),
-        ("submits/s, 1 client", [_n(r.one.submits_per_s) for r in results]),
-        (f"submits/s, {threads} clients", [_n(r.many.submits_per_s) for r in results]),
-        ("events/s, 1 client", [_n(r.one.events_per_s) for r in results]),
-        (f"events/s, {threads} clients", [_n(r.many.events_per_s) for r in results]),
+        ("import, tasks/s (acknowledged)", [thousands(r.imported.acked_rate) for r in results]),
+        ("import, tasks/s (until all queued)", [thousands(r.imported.queued_rate) for r in results]),
+        ("submits/s, 1 client", [thousands(r.one.submits_per_s) for r in results]),
+        (f"submits/s, {threads} clients", [thousands(r.many.submits_per_s) for r in results]),
+        ("events/s, 1 client", [thousands(r.one.events_per_s) for r in results]),
+        (f"events/s, {threads} clients", [thousands(r.many.events_per_s) for r in results]),
         ("events per NextTask+Submit", [f"{r.many.events / max(r.many.submits, 1):.2f}" for r in results]),
         (
             f"conflict retries per submit, 1 / {threads} cl.",
@@ -999,13 +974,13 @@ def render_table(results: Sequence[SizeResult], threads: int) -> str:
         ),
         ("server RSS MB after load (VmRSS)", [f"{r.rss_mb:.0f}" for r in results]),
         ("server peak RSS MB (VmHWM)", [f"{r.hwm_mb:.0f}" for r in results]),
-        ("rebuild events", [_n(r.rebuild.events) for r in results]),
+        ("rebuild events", [thousands(r.rebuild.events) for r in results]),
         ("rebuild seconds (replay + commit)", [f"{r.rebuild.seconds:.2f}" for r in results]),
-        ("rebuild events/s", [_n(r.rebuild.rate) for r in results]),
+        ("rebuild events/s", [thousands(r.rebuild.rate) for r in results]),
         ("checksum of the rebuilt store, seconds", [f"{r.rebuild.checksum_seconds:.2f}" for r in results]),
         ("rebuild checksum", ["MATCH" if r.rebuild.match else "MISMATCH" for r in results]),
-        ("baseline: SQLite 1-row tx/s (WAL, FULL)", [_n(r.baselines.inserts_per_s) for r in results]),
-        ("  (rows inserted)", [_n(r.baselines.insert_rows) for r in results]),
+        ("baseline: SQLite 1-row tx/s (WAL, FULL)", [thousands(r.baselines.inserts_per_s) for r in results]),
+        ("  (rows inserted)", [thousands(r.baselines.insert_rows) for r in results]),
         (
             f"ratio submits/s ({threads} cl.) / baseline tx/s",
             [f"{r.many.submits_per_s / max(r.baselines.inserts_per_s, 1e-9):.3f}" for r in results],
@@ -1014,12 +989,15 @@ def render_table(results: Sequence[SizeResult], threads: int) -> str:
             f"ratio events/s ({threads} cl.) / baseline tx/s",
             [f"{r.many.events_per_s / max(r.baselines.inserts_per_s, 1e-9):.3f}" for r in results],
         ),
-        ("baseline: read + decode events/s", [_n(r.baselines.decodes_per_s) for r in results]),
+        ("baseline: read + decode events/s", [thousands(r.baselines.decodes_per_s) for r in results]),
         (
             "ratio rebuild / read+decode",
             [f"{r.rebuild.rate / max(r.baselines.decodes_per_s, 1e-9):.3f}" for r in results],
         ),
-        (f"baseline: no-op gRPC server, pairs/s, {threads} cl.", [_n(r.noop.pairs_per_s) for r in results]),
+        (
+            f"baseline: no-op gRPC server, pairs/s, {threads} cl.",
+            [thousands(r.noop.pairs_per_s) for r in results],
+        ),
         (
             "  its CPU ms per pair, server / client",
             [f"{_ms(r.noop.server_ms_per_pair)} / {_ms(r.noop.client_ms_per_pair)}" for r in results],
@@ -1035,12 +1013,7 @@ def render_table(results: Sequence[SizeResult], threads: int) -> str:
         ),
         ("server exit status after SIGTERM", [f"{r.server_exit} ({r.stop_seconds:.1f} s)" for r in results]),
     ]
-    label_w = max(len(label) for label, _ in rows)
-    col_w = max(12, *(len(v) for _, vals in rows for v in vals))
-    lines = []
-    for label, vals in rows:
-        lines.append(f"{label:<{label_w}}  " + "  ".join(f"{v:>{col_w}}" for v in vals))
-    return "\n".join(lines)
+    return render_rows(rows, min_width=12)
 
 
 @dataclass
@@ -1335,9 +1308,6 @@ def main(argv: list[str] | None = None) -> int:
     if profile_dir is not None:
         profile_dir.mkdir(parents=True, exist_ok=True)
 
-    def say(msg: str) -> None:
-        print(f"{time.strftime('%H:%M:%S')} {msg}", file=sys.stderr, flush=True)
-
     notes = machine_notes(workdir)
     started = time.perf_counter()
     results: list[SizeResult] = []
@@ -1355,14 +1325,16 @@ def main(argv: list[str] | None = None) -> int:
     if not args.keep and not broken:
         shutil.rmtree(workdir, ignore_errors=True)
 
-    print("Labelweave embedded benchmark (python -m bench.embedded)")
-    for key, value in notes.items():
-        print(f"  {key:<9} {value}")
-    print(
-        f"  phases    {args.seconds:g} s each; 1 client, then {args.threads} clients"
-        " (own channel and annotator each)"
+    phases = (
+        f"{args.seconds:g} s each; 1 client, then {args.threads} clients (own channel and annotator each)"
     )
-    print(f"  load avg  {loadavg()} at the end; total run {time.perf_counter() - started:.0f} s")
+    print(
+        render_header(
+            "Labelweave embedded benchmark (python -m bench.embedded)",
+            [*notes.items(), ("phases", phases)],
+            started,
+        )
+    )
     if args.keep or broken:
         print(f"  data and server logs kept in {workdir}")
     print()
@@ -1383,9 +1355,7 @@ def main(argv: list[str] | None = None) -> int:
         errors.append(failure)
     if errors:
         print()
-        print("ERRORS:")
-        for e in errors[:20]:
-            print(f"  {e}")
+        print(render_errors(errors[:20]))
     if args.json:
         payload = {
             "machine": notes,
