@@ -53,7 +53,9 @@ class Env:
     def as_(self, token: str) -> Stubs:
         return Stubs(self.channel, token)
 
-    def person(self, person_id: str, *roles: int, skills: tuple[str, ...] = (), tz: str = "UTC") -> Stubs:
+    def person(
+        self, person_id: str, *roles: model_pb2.Role.ValueType, skills: tuple[str, ...] = (), tz: str = "UTC"
+    ) -> Stubs:
         self.admin.admin.RegisterPerson(
             api_pb2.RegisterPersonRequest(
                 command_id=f"reg-{person_id}",
@@ -78,7 +80,7 @@ class Env:
         project_id: str = "p1",
         *,
         overlap: int = 1,
-        review: int = model_pb2.REVIEW_POLICY_FULL,
+        review: model_pb2.ReviewPolicy.ValueType = model_pb2.REVIEW_POLICY_FULL,
         members: tuple[str, ...] = (),
     ) -> None:
         md = self.admin.md
@@ -172,6 +174,18 @@ def _env_of(where: object) -> Env:
     return env
 
 
+def trailers(err: grpc.RpcError) -> dict[str, str]:
+    """A failed call's trailing metadata as a dict, like `dict(err.trailing_metadata())`. grpc hands
+    back `_Metadatum(key, value)` pairs; types-grpcio declares `value` as bytes, but for text keys
+    (every key Labelweave sends) it is a str."""
+    out: dict[str, str] = {}
+    for item in err.trailing_metadata() or ():
+        value: str | bytes = item.value
+        assert isinstance(value, str), f"binary trailer {item.key!r}: {value!r}"
+        out[item.key] = value
+    return out
+
+
 def refused(
     where: object, call: Callable[[], Any], code: grpc.StatusCode, field: str = "", words: str = ""
 ) -> str:
@@ -182,8 +196,7 @@ def refused(
     with pytest.raises(grpc.RpcError) as err:
         call()
     assert err.value.code() == code, err.value.details()
-    trailers = dict(err.value.trailing_metadata() or ())
-    assert trailers.get("labelweave-field", "") == field, err.value.details()
+    assert trailers(err.value).get("labelweave-field", "") == field, err.value.details()
     details = err.value.details() or ""
     assert words in details, details
     assert dict(app.log.head()) == head, "a refused command appended something"

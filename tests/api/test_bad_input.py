@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import grpc
 import pytest
@@ -12,11 +13,11 @@ from coordinator._pb.labelweave.api.v1 import api_pb2
 from coordinator._pb.labelweave.events.v1 import annotation_pb2 as A
 from coordinator._pb.labelweave.events.v1 import model_pb2
 
-from .conftest import Env, image_task
+from .conftest import Env, Stubs, image_task, trailers
 
 
-def _shape(label: str, **geometry: object) -> A.Shape:
-    return A.Shape(label=label, **geometry)  # type: ignore[arg-type]
+def _shape(label: str, **geometry: Any) -> A.Shape:
+    return A.Shape(label=label, **geometry)
 
 
 def _box(x: float = 10, y: float = 10, w: float = 50, h: float = 40) -> A.BoundingBox:
@@ -27,7 +28,7 @@ def _ring(*pts: tuple[float, float]) -> A.Ring:
     return A.Ring(points=[A.Point2(x=x, y=y) for x, y in pts])
 
 
-def _custom(value: dict[str, object]) -> A.CustomValue:
+def _custom(value: dict[str, str | float | bool | None]) -> A.CustomValue:
     s = struct_pb2.Struct()
     s.update(value)
     return A.CustomValue(value=s)
@@ -145,7 +146,7 @@ BAD: list[tuple[str, A.Annotation, str]] = [
 
 
 @pytest.fixture
-def leased(env: Env) -> tuple[Env, object, str, str]:
+def leased(env: Env) -> tuple[Env, Stubs, str, str]:
     ann = env.person("ann", model_pb2.ROLE_ANNOTATOR)
     env.project("p1", members=("ann",))
     env.admin.tasks.ImportTasks(
@@ -160,21 +161,23 @@ def leased(env: Env) -> tuple[Env, object, str, str]:
 
 @pytest.mark.parametrize(("case", "annotation", "field"), BAD, ids=[b[0] for b in BAD])
 def test_bad_geometry_is_invalid_argument_naming_the_field_and_appends_nothing(
-    leased: tuple[Env, object, str, str], case: str, annotation: A.Annotation, field: str
+    leased: tuple[Env, Stubs, str, str], case: str, annotation: A.Annotation, field: str
 ) -> None:
     env, ann, task_id, lease_id = leased
     head = env.server.app.log.head()
     with pytest.raises(grpc.RpcError) as err:
-        ann.tasks.Submit(  # type: ignore[attr-defined]
+        ann.tasks.Submit(
             api_pb2.SubmitRequest(
                 command_id=f"bad-{case}", task_id=task_id, lease_id=lease_id, annotation=annotation
             ),
-            metadata=ann.md,  # type: ignore[attr-defined]
+            metadata=ann.md,
         )
     assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT, err.value.details()
-    trailing = dict(err.value.trailing_metadata() or ())
+    trailing = trailers(err.value)
     assert trailing.get("labelweave-field", "").startswith(field), (trailing, err.value.details())
-    assert field.split(".")[0] in err.value.details()
+    details = err.value.details()
+    assert details is not None
+    assert field.split(".")[0] in details
     assert env.server.app.log.head() == head
 
 
@@ -189,7 +192,7 @@ def test_bad_task_in_an_import_batch_names_its_index_and_imports_nothing(env: En
             metadata=env.admin.md,
         )
     assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
-    assert dict(err.value.trailing_metadata() or ())["labelweave-field"].startswith("tasks[1].media")
+    assert trailers(err.value)["labelweave-field"].startswith("tasks[1].media")
     assert env.server.app.log.head() == head
 
 
@@ -210,7 +213,7 @@ def test_invalid_label_schema_is_refused_with_its_field(env: Env) -> None:
             metadata=env.admin.md,
         )
     assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
-    assert dict(err.value.trailing_metadata() or ())["labelweave-field"].startswith("schema.classes[1]")
+    assert trailers(err.value)["labelweave-field"].startswith("schema.classes[1]")
     assert env.server.app.log.head() == head
 
 
@@ -227,5 +230,5 @@ def test_bad_person_time_zone_is_refused(env: Env) -> None:
             metadata=env.admin.md,
         )
     assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
-    assert dict(err.value.trailing_metadata() or ())["labelweave-field"] == "person.time_zone"
+    assert trailers(err.value)["labelweave-field"] == "person.time_zone"
     assert env.server.app.log.head() == head

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 import time
+from collections.abc import Callable
 
 import grpc
 import pytest
@@ -13,7 +14,7 @@ from coordinator._pb.labelweave.api.v1 import api_pb2
 from coordinator._pb.labelweave.events.v1 import annotation_pb2 as A
 from coordinator._pb.labelweave.events.v1 import model_pb2 as M
 
-from .conftest import Env, Stubs, image_task
+from .conftest import Env, Stubs, image_task, trailers
 
 
 def box(x: float = 10) -> A.Annotation:
@@ -157,7 +158,7 @@ def test_reject_with_reasons_then_edit_then_correct(team: tuple[Env, Stubs, Stub
             metadata=rev.md,
         )
     assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
-    assert dict(err.value.trailing_metadata() or ())["labelweave-field"] == "reason_codes[0]"
+    assert trailers(err.value)["labelweave-field"] == "reason_codes[0]"
     rev.tasks.Review(
         api_pb2.ReviewRequest(
             command_id="r1",
@@ -419,7 +420,7 @@ def test_retries_of_every_kind_of_mutation_return_the_first_outcome_and_append_n
     imp(env, image_task("t1"))
     md = env.admin.md
     n = ann.tasks.NextTask(api_pb2.NextTaskRequest(command_id="n1", project_id="p1"), metadata=ann.md)
-    calls = [
+    calls: list[Callable[[], object]] = [
         lambda: env.admin.admin.RegisterPerson(
             api_pb2.RegisterPersonRequest(
                 command_id="rp",
@@ -499,7 +500,7 @@ def test_review_stage_gauges_follow_the_pipeline(team: tuple[Env, Stubs, Stubs, 
     (stage,) = refreshed()
     assert refreshed() == {stage: 2}
     assert stage_samples("labelweave_stage_oldest_seconds")[stage] >= 0
-    n = rev.tasks.Review(
+    reviewed = rev.tasks.Review(
         api_pb2.ReviewRequest(
             command_id="r1",
             task_id="t1",
@@ -509,5 +510,5 @@ def test_review_stage_gauges_follow_the_pipeline(team: tuple[Env, Stubs, Stubs, 
         ),
         metadata=rev.md,
     )
-    assert n.version >= 0
+    assert reviewed.version >= 0
     assert refreshed() == {stage: 1}

@@ -170,7 +170,7 @@ def normalized(task: api_pb2.Task) -> api_pb2.Task:
     out = api_pb2.Task()
     out.CopyFrom(task)
     for name in ("task_id", "position", "batch_id"):
-        out.ClearField(name)  # type: ignore[arg-type]
+        out.ClearField(name)
     out.spec.ClearField("task_id")
     out.spec.ClearField("data_uri")
     for lease in out.leases:

@@ -6,6 +6,7 @@ name the field and append nothing."""
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -61,9 +62,11 @@ class Crew:
     mgr: Stubs  # manager
     out: Stubs  # annotator, member of no project
 
+    def stub(self) -> guidance_pb2_grpc.GuidanceServiceStub:
+        return guidance_pb2_grpc.GuidanceServiceStub(self.env.channel)
+
     def call(self, who: Stubs, method: str, request: Any) -> Any:
-        stub = guidance_pb2_grpc.GuidanceServiceStub(self.env.channel)
-        return getattr(stub, method)(request, metadata=who.md)
+        return getattr(self.stub(), method)(request, metadata=who.md)
 
     def head(self) -> dict[int, int]:
         return dict(self.env.server.app.log.head())
@@ -98,36 +101,36 @@ class Crew:
         return out
 
     def ack(self, who: Stubs, version: int, tag: str, project_id: str = "p1") -> G.GuidelineView:
-        out = self.call(
-            who,
-            "AcknowledgeGuideline",
+        out = self.stub().AcknowledgeGuideline(
             G.AcknowledgeGuidelineRequest(command_id=f"ack-{tag}", project_id=project_id, version=version),
+            metadata=who.md,
         )
         self.settle()
         return out
 
     def ask(self, who: Stubs, tag: str, text: str = "Is a van a car?", **kw: Any) -> G.Question:
         kw.setdefault("project_id", "p1")
-        out = self.call(who, "AskQuestion", G.AskQuestionRequest(command_id=f"ask-{tag}", text=text, **kw))
+        out = self.stub().AskQuestion(
+            G.AskQuestionRequest(command_id=f"ask-{tag}", text=text, **kw), metadata=who.md
+        )
         self.settle()
         return out
 
     def answer(
         self, who: Stubs, question_id: str, tag: str, text: str = "Yes: label vans as car."
     ) -> G.Question:
-        out = self.call(
-            who,
-            "AnswerQuestion",
+        out = self.stub().AnswerQuestion(
             G.AnswerQuestionRequest(
                 command_id=f"ans-{tag}", project_id="p1", question_id=question_id, text=text
             ),
+            metadata=who.md,
         )
         self.settle()
         return out
 
     def inbox(self, who: Stubs, token: str = "", limit: int = 0, project_id: str = "") -> G.ListInboxResponse:
-        return self.call(
-            who, "ListInbox", G.ListInboxRequest(resume_token=token, limit=limit, project_id=project_id)
+        return self.stub().ListInbox(
+            G.ListInboxRequest(resume_token=token, limit=limit, project_id=project_id), metadata=who.md
         )
 
 
@@ -175,7 +178,7 @@ def test_next_task_waits_for_the_current_guideline_to_be_acknowledged(crew: Crew
     )
 
     # acknowledging: versions must exist, the caller must be a member
-    def ack(v, who=c.ann):
+    def ack(v: int, who: Stubs = c.ann) -> Callable[[], G.GuidelineView]:
         return lambda: c.call(
             who,
             "AcknowledgeGuideline",
@@ -269,7 +272,7 @@ def test_without_a_project_next_task_skips_gated_projects(crew: Crew) -> None:
 def test_guideline_sections_are_validated_and_versions_kept(crew: Crew) -> None:
     c = crew
 
-    def publish(g):
+    def publish(g: M.Guideline) -> Callable[[], api_pb2.Project]:
         return lambda: c.mgr.admin.PublishGuideline(
             api_pb2.PublishGuidelineRequest(command_id="pg-bad", project_id="p1", guideline=g),
             metadata=c.mgr.md,
@@ -351,7 +354,7 @@ def test_questions_answers_and_promotion_into_the_next_version(crew: Crew) -> No
     q3 = c.ask(c.rev, "q3", "Mirrors?", section_id="occlusion")
 
     # bad input and role checks: the field is named, nothing is appended
-    def ask(who, **kw):
+    def ask(who: Stubs, **kw: Any) -> Callable[[], G.Question]:
         return lambda: c.call(
             who, "AskQuestion", G.AskQuestionRequest(command_id="ask-bad", **{"project_id": "p1", **kw})
         )
@@ -380,7 +383,7 @@ def test_questions_answers_and_promotion_into_the_next_version(crew: Crew) -> No
         "project_id",
     )
 
-    def answer(who, qid, text="Yes."):
+    def answer(who: Stubs, qid: str, text: str = "Yes.") -> Callable[[], G.Question]:
         return lambda: c.call(
             who,
             "AnswerQuestion",
@@ -400,8 +403,12 @@ def test_questions_answers_and_promotion_into_the_next_version(crew: Crew) -> No
     assert c.answer(c.mgr, q2.question_id, "a2", "Box the visible part.") == a2  # retry: same answer
     assert c.head() == head
 
-    listing = lambda **kw: c.call(c.ann, "ListQuestions", G.ListQuestionsRequest(project_id="p1", **kw))  # noqa: E731
-    ids = lambda page: [q.question_id for q in page.questions]  # noqa: E731
+    listing: Callable[..., G.ListQuestionsResponse] = lambda **kw: c.call(  # noqa: E731
+        c.ann, "ListQuestions", G.ListQuestionsRequest(project_id="p1", **kw)
+    )
+    ids: Callable[[G.ListQuestionsResponse], list[str]] = lambda page: [  # noqa: E731
+        q.question_id for q in page.questions
+    ]
     assert ids(listing()) == [q1.question_id, q2.question_id, q3.question_id]
     assert ids(listing(status=G.QUESTION_STATUS_OPEN)) == [q3.question_id]
     assert ids(listing(status=G.QUESTION_STATUS_ANSWERED)) == [q1.question_id, q2.question_id]
@@ -425,7 +432,7 @@ def test_questions_answers_and_promotion_into_the_next_version(crew: Crew) -> No
     # promotion: managers only, once; the next version folds it in and says so
     answer_id = a1.answers[0].answer_id
 
-    def promote(who, aid, **kw):
+    def promote(who: Stubs, aid: str, **kw: Any) -> Callable[[], G.Question]:
         return lambda: c.call(
             who,
             "PromoteAnswer",
@@ -486,7 +493,7 @@ def test_inbox_merges_announcements_answers_and_guidelines_in_local_time(crew: C
     c = crew
     # the manual clock starts at 2026-01-05 09:00 UTC
     c.publish(guideline(), "v1")
-    post = lambda who, title="Holiday schedule", tag="a1": c.call(  # noqa: E731
+    post: Callable[..., G.Announcement] = lambda who, title="Holiday schedule", tag="a1": c.call(  # noqa: E731
         who,
         "PostAnnouncement",
         G.PostAnnouncementRequest(

@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 from collections.abc import Callable
 from datetime import UTC
+from functools import partial
 from typing import Any
 
 import grpc
@@ -18,7 +19,7 @@ from coordinator._pb.labelweave.events.v1 import annotation_pb2 as A
 from coordinator._pb.labelweave.events.v1 import model_pb2 as M
 from coordinator.cli import main
 
-from .conftest import Env, Stubs, image_task
+from .conftest import Env, Stubs, image_task, trailers
 
 
 @pytest.fixture
@@ -93,7 +94,7 @@ class Crew:
             fn()
         assert err.value.code() == code, err.value.details()
         if field:
-            assert dict(err.value.trailing_metadata() or ())["labelweave-field"] == field
+            assert trailers(err.value)["labelweave-field"] == field
         assert self.head() == head
         return str(err.value.details())
 
@@ -356,7 +357,7 @@ def test_only_admins_and_the_projects_managers_use_the_controls(env: Env) -> Non
     ]
     for who in others:
         for method, request in calls:
-            c.refused(lambda w=who, m=method, r=request: c.call(w, m, r), grpc.StatusCode.PERMISSION_DENIED)
+            c.refused(partial(c.call, who, method, request), grpc.StatusCode.PERMISSION_DENIED)
     # an annotator may see what waits for them; the project's managers and admins may do everything
     c.call(c.alice, "ListAssigned", manager_pb2.ListAssignedRequest(project_id="p1", person_id="alice"))
     for method, request in calls:

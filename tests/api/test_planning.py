@@ -6,10 +6,12 @@ from __future__ import annotations
 
 import importlib.util
 import json
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 
 import grpc
 import pytest
+from google.protobuf.message import Message
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from consumers.gauges import ProjectionGauges
@@ -19,7 +21,7 @@ from coordinator._pb.labelweave.events.v1 import annotation_pb2 as A
 from coordinator._pb.labelweave.events.v1 import model_pb2 as M
 from coordinator.eventlog import codec
 
-from .conftest import Env, Stubs, image_task
+from .conftest import Env, Stubs, image_task, trailers
 
 H = timedelta(hours=1)
 
@@ -68,7 +70,7 @@ def register(
 
 
 def field_of(err: pytest.ExceptionInfo[grpc.RpcError]) -> str:
-    return str(dict(err.value.trailing_metadata() or ())["labelweave-field"])  # type: ignore[attr-defined]
+    return str(trailers(err.value)["labelweave-field"])
 
 
 def ts(dt: datetime) -> Timestamp:
@@ -304,7 +306,7 @@ def test_bad_input_is_refused_naming_the_field_and_appends_nothing(env: Env) -> 
     env.settle()
     head = dict(env.server.app.log.head())
     p = plan(env)
-    cases = [
+    cases: list[tuple[Callable[..., object], Message, grpc.StatusCode, str]] = [
         (
             p.GetCoverage,
             planning_pb2.GetCoverageRequest(project_id="nope"),
@@ -428,7 +430,7 @@ def test_role_matrix(env: Env) -> None:
     env.settle()
     p = plan(env)
     readers = {"adm", "mgr", "aud"}
-    calls = {
+    calls: dict[str, Callable[[tuple[tuple[str, str], ...]], object]] = {
         "GetCoverage": lambda md: p.GetCoverage(
             planning_pb2.GetCoverageRequest(project_id="p1"), metadata=md
         ),

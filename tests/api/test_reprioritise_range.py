@@ -7,6 +7,7 @@ order, role checks, the client and the CLI."""
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from typing import Any
 
 import grpc
@@ -21,6 +22,10 @@ from coordinator.client import LabelweaveClient
 
 from .conftest import Env, assert_rebuild_matches, image_task, refused
 from .test_manager import Crew
+
+Request = manager_pb2.ReprioritiseTasksRequest
+Response = manager_pb2.ReprioritiseTasksResponse
+Reprioritise = Callable[[Request], Response]
 
 
 @pytest.fixture
@@ -69,7 +74,7 @@ def finish(c: Crew, task_id: str) -> None:
 def test_reprioritising_a_priority_range_moves_every_open_task_in_it(env: Env) -> None:
     c = Crew(env)
     c.imp(*(image_task(f"t{p}", priority=p) for p in (-3, 0, 1, 2, 5, 7)))
-    call = lambda req: c.call(c.mgr, "ReprioritiseTasks", req)  # noqa: E731
+    call: Reprioritise = lambda req: c.call(c.mgr, "ReprioritiseTasks", req)  # noqa: E731
 
     out = call(ranged("r1", 9, 0, 5))
     assert list(out.task_ids) == ["t0", "t1", "t2", "t5"] and not out.unchanged and out.position
@@ -123,7 +128,7 @@ def test_done_tasks_and_other_projects_are_not_selected(env: Env) -> None:
     finish(c, "done")
     c.imp(image_task("open", priority=1), project_id="p2")
     c.imp(image_task("mine", priority=1))
-    call = lambda req: c.call(c.mgr, "ReprioritiseTasks", req)  # noqa: E731
+    call: Reprioritise = lambda req: c.call(c.mgr, "ReprioritiseTasks", req)  # noqa: E731
     out = call(ranged("r1", 4, 0, 2, project_id="p2"))
     assert list(out.task_ids) == ["open"]
     assert (priority_of(env, "done"), priority_of(env, "mine")) == (1, 1)
@@ -138,7 +143,9 @@ def test_range_refusals_name_the_field_and_append_nothing(env: Env, monkeypatch:
     c.imp(
         image_task("a", priority=1), image_task("b", priority=2), image_task("c", priority=3), batch_id="b1"
     )
-    call = lambda req: lambda: c.call(c.mgr, "ReprioritiseTasks", req)  # noqa: E731
+    call: Callable[[Request], Callable[[], Response]] = lambda req: (  # noqa: E731
+        lambda: c.call(c.mgr, "ReprioritiseTasks", req)
+    )
     refused(
         env, call(ranged("x1", 9, 3, 1)), grpc.StatusCode.INVALID_ARGUMENT, "priority_range.max", "above max"
     )

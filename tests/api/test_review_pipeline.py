@@ -8,6 +8,7 @@ import hashlib
 import json
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
 import grpc
@@ -409,14 +410,16 @@ def test_bad_reviews_are_refused_naming_the_field_and_append_nothing(crew: Crew)
     crew.imp("t1", "t2")
     t, a = crew.work(crew.ann, "a")
 
-    def rv(who: Stubs, verdict: int = M.VERDICT_REJECT, **kw: Any) -> Callable[[], Any]:
+    def rv(
+        who: Stubs, verdict: M.Verdict.ValueType = M.VERDICT_REJECT, **kw: Any
+    ) -> Callable[[], api_pb2.ReviewResponse]:
         req = api_pb2.ReviewRequest(
             command_id=f"bad-{len(kw)}-{verdict}",
             task_id=t,
             annotation_id=a,
             version=1,
             verdict=verdict,
-            **kw,  # type: ignore[arg-type]
+            **kw,
         )
         return lambda: who.tasks.Review(req, metadata=who.md)
 
@@ -531,10 +534,12 @@ def test_bad_disputes_are_refused_and_append_nothing(crew: Crew) -> None:
         "this rejection was disputed already",
     )
 
-    def resolve(who: Stubs, cid: str, decision: int = M.DISPUTE_DECISION_UPHOLD) -> Callable[[], Any]:
+    def resolve(
+        who: Stubs, cid: str, decision: M.DisputeDecision.ValueType = M.DISPUTE_DECISION_UPHOLD
+    ) -> Callable[[], api_pb2.Dispute]:
         req = api_pb2.ResolveDisputeRequest(
             command_id=cid, task_id=t1, dispute_id=first.dispute_id, decision=decision
-        )  # type: ignore[arg-type]
+        )
         return lambda: who.reviews.ResolveDispute(req, metadata=who.md)
 
     refused(crew, resolve(crew.qa, "x0"), grpc.StatusCode.PERMISSION_DENIED, "", "ResolveDispute needs")
@@ -669,9 +674,9 @@ def test_feedback_and_review_state_visibility(crew: Crew) -> None:
     for who in (crew.ann, crew.rev, crew.qa, crew.exp):
         refused(
             crew,
-            lambda who=who: feed(who, "bob"),
+            partial(feed, who, "bob"),
             grpc.StatusCode.PERMISSION_DENIED,
-            "",  # type: ignore[misc]
+            "",
             "ListFeedback of other people",
         )
     assert [i.task_id for i in feed(crew.mgr, "bob")] == [t2]  # managers: anyone in their projects

@@ -10,7 +10,7 @@ import pytest
 from coordinator._pb.labelweave.api.v1 import api_pb2
 from coordinator._pb.labelweave.events.v1 import model_pb2 as M
 
-from .conftest import Env, Stubs, image_task
+from .conftest import Env, Stubs, image_task, trailers
 
 
 @pytest.fixture
@@ -113,5 +113,5 @@ def test_a_bad_schedule_is_refused_naming_the_field(env: Env, shift: M.ShiftSpec
     with pytest.raises(grpc.RpcError) as err:
         register(env, "bad", M.WorkScheduleSpec(shifts=[shift]))
     assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
-    assert dict(err.value.trailing_metadata() or ())["labelweave-field"] == field
+    assert trailers(err.value)["labelweave-field"] == field
     assert env.server.app.log.head() == head

@@ -19,7 +19,14 @@ from statsmodels.stats.inter_rater import fleiss_kappa as sm_fleiss
 from consumers import quality
 from coordinator._pb.labelweave.events.v1 import annotation_pb2 as A
 from coordinator._pb.labelweave.events.v1 import model_pb2 as M
-from coordinator.domain.commands import ImportTask, LeaseTask, ReopenTask, SubmitAnnotation, TaskCommand
+from coordinator.domain.commands import (
+    ImportGoldTask,
+    ImportTask,
+    LeaseTask,
+    ReopenTask,
+    SubmitAnnotation,
+    TaskCommand,
+)
 from coordinator.domain.review import resolve_pipeline
 from coordinator.domain.task import TaskState, decide_task, evolve_task
 from coordinator.eventlog.base import RecordedEvent
@@ -42,7 +49,7 @@ class History(Recorder):
         self.tasks: dict[str, TaskState] = {}
 
     def do(self, cmd: TaskCommand) -> None:
-        task_id = cmd.spec.task_id if isinstance(cmd, ImportTask) else cmd.task_id
+        task_id = cmd.spec.task_id if isinstance(cmd, ImportTask | ImportGoldTask) else cmd.task_id
         state = self.tasks.get(task_id)
         self.now += timedelta(seconds=1)
         for payload in decide_task(state, cmd):

@@ -6,7 +6,9 @@ shared printing is checked here, to the byte, against the layout they printed be
 
 from __future__ import annotations
 
+import os
 import re
+import time
 
 import pytest
 
@@ -21,7 +23,7 @@ def test_thousands_rounds_to_whole_numbers_with_separators() -> None:
 
 
 def test_loadavg_has_two_decimals_each(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(report.os, "getloadavg", lambda: (0.5, 1.234, 10.0))
+    monkeypatch.setattr(os, "getloadavg", lambda: (0.5, 1.234, 10.0))
     assert report.loadavg() == "0.50 1.23 10.00"
 
 
@@ -55,8 +57,8 @@ def test_render_rows_matches_the_layout_the_benches_printed_before() -> None:
 
 
 def test_render_header_lists_notes_then_load_average_and_wall_time(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(report.os, "getloadavg", lambda: (1.0, 2.0, 3.0))
-    monkeypatch.setattr(report.time, "perf_counter", lambda: 142.6)
+    monkeypatch.setattr(os, "getloadavg", lambda: (1.0, 2.0, 3.0))
+    monkeypatch.setattr(time, "perf_counter", lambda: 142.6)
     text = report.render_header(
         "Labelweave embedded benchmark (python -m bench.embedded)",
         [("date", "2026-01-05 09:00 UTC"), ("protobuf", "7.0"), ("phases", "3 s each")],

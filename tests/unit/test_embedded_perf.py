@@ -19,7 +19,7 @@ from consumers.rebuild import PipelinedStore, rebuild
 from consumers.runner import ProjectionRunner
 from coordinator.eventlog import codec
 from coordinator.eventlog.memory import MemoryEventLog
-from projections.base import Delete, Put
+from projections.base import Delete, Doc, Put
 from projections.memory import MemoryStore
 from projections.sqlite import SqliteStore
 from tests.unit.test_runner import Workload
@@ -46,7 +46,7 @@ def test_the_sqlite_store_pipelines_its_rebuild_and_equals_the_memory_rebuild(tm
 def test_a_prepared_commit_keeps_no_reference_to_the_documents(tmp_path: Path) -> None:
     store = SqliteStore(f"sqlite:///{tmp_path / 'p.db'}")
     try:
-        doc = {"n": 1, "tags": ["a"]}
+        doc: Doc = {"n": 1, "tags": ["a"]}
         prepared = store.prepare_commit(
             [
                 Put("c", "p", "b", doc),
@@ -65,7 +65,8 @@ def test_a_prepared_commit_keeps_no_reference_to_the_documents(tmp_path: Path) -
         # a failing commit writes nothing, not even its checkpoint
         bad = store.prepare_commit([Put("c", "p", "z", {"v": 1})])
         with pytest.raises(sqlite3.ProgrammingError):  # a row with the wrong number of columns
-            store.commit_prepared("embedded", bad._replace(deletes=[("c",)]), {0: 9})
+            # deliberately malformed: a 1-column key where (collection, pk, sk) is expected
+            store.commit_prepared("embedded", bad._replace(deletes=[("c",)]), {0: 9})  # type: ignore[list-item]
         assert store.get("c", "p", "z") is None and store.checkpoint("embedded") == {0: 4}
         store.commit("embedded", [Put("c", "p", "z", {"v": 1})], {0: 5})  # and the store still works
         assert store.get("c", "p", "z") == {"v": 1}

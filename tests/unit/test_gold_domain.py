@@ -189,7 +189,7 @@ def test_a_gold_answer_is_scored_in_the_same_command_and_never_reviewed() -> Non
 
 
 def test_a_right_answer_passes_and_others_answer_independently() -> None:
-    state = lease(lease(gold_task(), "ann"), "bob")
+    state: aggregates.State = lease(lease(gold_task(), "ann"), "bob")
     events, state = run(state, submit_cmd("ann", RIGHT))
     assert isinstance(events[1], events_pb2.GoldScored) and events[1].passed and events[1].score == 1.0
     events, state = run(state, submit_cmd("bob", WRONG, lease_id="L-bob-0"))
@@ -343,11 +343,11 @@ def test_suspension_events_and_refusals() -> None:
     refused(state, RecordGoldResult("ann", bad, "E-x", POLICY, T0), InvalidArgument, "result.purpose")
     refused(person(), ReinstatePerson("ann", P, "mgr", ""), FailedPrecondition)
     refused(state, ReinstatePerson("ann", P, "mgr", "x" * 5000), InvalidArgument, "reason")
-    events, state = run(state, ReinstatePerson("ann", P, "mgr", "coached"))
+    events, reinstated = run(state, ReinstatePerson("ann", P, "mgr", "coached"))
     assert kinds(events) == ["PersonReinstated"]
-    assert isinstance(state, PersonState) and state.suspended_from(P) is None
-    assert state.standing(P).window == () and state.standing(P).total == 3  # a fresh record
-    refused(state, ReinstatePerson("ann", P, "mgr", ""), FailedPrecondition)
+    assert isinstance(reinstated, PersonState) and reinstated.suspended_from(P) is None
+    assert reinstated.standing(P).window == () and reinstated.standing(P).total == 3  # a fresh record
+    refused(reinstated, ReinstatePerson("ann", P, "mgr", ""), FailedPrecondition)
     refused(None, ReinstatePerson("ann", P, "mgr", ""), NotFound, "person_id")
 
 

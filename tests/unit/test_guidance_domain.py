@@ -170,7 +170,7 @@ def test_acknowledgement_gates_until_the_current_version() -> None:
 
 
 def test_questions_answers_and_promotions() -> None:
-    p = project("ann", "exp", guideline=guide())
+    p: aggregates.State = project("ann", "exp", guideline=guide())
     refused(p, AskQuestion("p1", "q1", "ann", " ", section_id="boxes"), InvalidArgument, "text")
     refused(p, AskQuestion("p1", "q1", "ann", "x" * 10_001, section_id="boxes"), InvalidArgument, "text")
     refused(p, AskQuestion("p1", "q1", "ann", "?"), InvalidArgument, "section_id")

@@ -117,7 +117,7 @@ class History(Recorder):
             command_id=f"gold/{s.task_id}/{s.annotation_id}",
         )
 
-    def review(self, task_id: str, ann_id: str, verdict: int, version: int = 1) -> None:
+    def review(self, task_id: str, ann_id: str, verdict: M.Verdict.ValueType, version: int = 1) -> None:
         reasons = ("loose",) if verdict == M.VERDICT_REJECT else ()
         self.do(
             C.ReviewAnnotation(
@@ -131,7 +131,7 @@ class History(Recorder):
                 None,
                 frozenset(),
                 1,
-                1,  # type: ignore[arg-type]
+                1,
             )
         )
 

@@ -126,7 +126,7 @@ def test_a_malformed_record_becomes_a_dead_letter_and_processing_goes_on() -> No
 def test_a_view_that_raises_sends_a_dead_letter_naming_the_view_and_others_still_apply() -> None:
     class Broken:
         name = "broken"
-        collections = ("broken",)
+        collections: tuple[str, ...] = ("broken",)
 
         def apply(self, event: RecordedEvent, tx: ViewTx) -> None:
             if event.type == "annotation_submitted":

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import warnings
-from typing import Any
+from typing import Any, Literal
 
 # The reference implementations (krippendorff, pycocotools, sklearn, statsmodels) are declared
 # in the `test` extra and imported plainly: a missing one must fail the run, never skip it.
@@ -18,6 +18,7 @@ import statsmodels.stats.inter_rater as inter_rater
 from consumers import quality as q
 
 TOL = 1e-9
+Level = Literal["nominal", "ordinal", "interval"]
 
 # pycocotools' Cython decode trips a numpy 2 DeprecationWarning that is not ours.
 pytestmark = pytest.mark.filterwarnings(
@@ -151,7 +152,7 @@ def test_fleiss_kappa_edge_cases() -> None:
     [(2, 10, 3, 0.0, 0), (3, 30, 5, 0.2, 1), (6, 100, 4, 0.4, 2), (10, 250, 7, 0.6, 3)],
 )
 def test_krippendorff_matches_package(
-    level: str, raters: int, units: int, k: int, p_missing: float, seed: int
+    level: Level, raters: int, units: int, k: int, p_missing: float, seed: int
 ) -> None:
     rng = np.random.default_rng(seed)
     truth = rng.integers(1, k + 1, size=(1, units))
@@ -159,17 +160,17 @@ def test_krippendorff_matches_package(
     data = np.clip(truth + np.where(rng.random((raters, units)) < 0.5, noise, 0), 1, k).astype(float)
     data[rng.random(data.shape) < p_missing] = np.nan
     ref = krippendorff.alpha(reliability_data=data, level_of_measurement=level)
-    assert q.krippendorff_alpha(data, level) == pytest.approx(ref, abs=TOL)  # type: ignore[arg-type]
+    assert q.krippendorff_alpha(data, level) == pytest.approx(ref, abs=TOL)
 
 
 @pytest.mark.parametrize("level", ["nominal", "ordinal", "interval"])
-def test_krippendorff_value_domain_and_non_integer_values(level: str) -> None:
+def test_krippendorff_value_domain_and_non_integer_values(level: Level) -> None:
     rng = np.random.default_rng(11)
     domain = [0.5, 1.0, 2.5, 4.0, 10.0]
     data = rng.choice(domain, size=(4, 60))
     data[rng.random(data.shape) < 0.3] = np.nan
     ref = krippendorff.alpha(reliability_data=data, level_of_measurement=level, value_domain=domain)
-    assert q.krippendorff_alpha(data, level, value_domain=domain) == pytest.approx(ref, abs=TOL)  # type: ignore[arg-type]
+    assert q.krippendorff_alpha(data, level, value_domain=domain) == pytest.approx(ref, abs=TOL)
 
 
 def test_krippendorff_wikipedia_example_and_errors() -> None:

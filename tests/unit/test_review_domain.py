@@ -369,7 +369,7 @@ def test_sampling_off_skips_the_stage_and_sampled_peer_review_can_accept_on_subm
 
 
 def test_stratified_qa_records_the_rate_and_the_acceptance_it_used() -> None:
-    settings = three_layers(qa_rate=0.0, strata=[(0.8, 1.0)], min_verdicts=3)  # type: ignore[arg-type]
+    settings = three_layers(qa_rate=0.0, strata=[(0.8, 1.0)], min_verdicts=3)
     weak, strong = AuthorRecord(0.5, 10), AuthorRecord(0.95, 20)
     for author, sampled in ((weak, True), (strong, False), (AuthorRecord(0.1, 2), False)):
         _, state = submit(task(settings))

@@ -144,10 +144,10 @@ class Harness:
             return None
         # mostly aim at annotations the op can apply to; sometimes at any, to exercise refusals
         wanted = {"review": ("submitted",), "edit": ("submitted", "rejected"), "dispute": ("rejected",)}
-        pool = [a for a in anns if a.status in wanted.get(op, ("rejected",))]
-        if not pool or j == 7:
-            pool = anns
-        ann = pool[j % len(pool)]
+        targets = [a for a in anns if a.status in wanted.get(op, ("rejected",))]
+        if not targets or j == 7:
+            targets = anns
+        ann = targets[j % len(targets)]
         if op == "review":
             person, roles = PEOPLE[i % len(PEOPLE)]
             verdict = VERDICTS[k % len(VERDICTS)]

@@ -12,6 +12,7 @@ from google.protobuf.message import Message
 
 from coordinator._pb.labelweave.events.v1 import annotation_pb2, model_pb2
 from coordinator.domain.commands import (
+    ImportGoldTask,
     ImportTask,
     LeaseTask,
     OpenDispute,
@@ -68,7 +69,7 @@ class History(Recorder):
         self.tasks: dict[str, TaskState] = {}
 
     def do(self, cmd: TaskCommand) -> list[Message]:
-        task_id = cmd.spec.task_id if isinstance(cmd, ImportTask) else cmd.task_id
+        task_id = cmd.spec.task_id if isinstance(cmd, ImportTask | ImportGoldTask) else cmd.task_id
         payloads = decide_task(self.tasks.get(task_id), cmd)
         state = self.tasks.get(task_id)
         command_id = uuid.uuid4().hex
@@ -90,7 +91,12 @@ class History(Recorder):
         self.do(SubmitAnnotation(task_id, f"L-{ann_id}", person, ann_id, box(), 1, 1, 10, self.now))
 
     def review(
-        self, task_id: str, ann_id: str, verdict: int, reviewer: str = "rev", reasons: tuple[str, ...] = ()
+        self,
+        task_id: str,
+        ann_id: str,
+        verdict: M.Verdict.ValueType,
+        reviewer: str = "rev",
+        reasons: tuple[str, ...] = (),
     ) -> None:
         version = self.tasks[task_id].annotations[ann_id].version
         self.do(
@@ -105,7 +111,7 @@ class History(Recorder):
                 None,
                 frozenset(),
                 1,
-                1,  # type: ignore[arg-type]
+                1,
             )
         )
 
