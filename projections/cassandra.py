@@ -664,7 +664,14 @@ class CassandraStore(ProjectionStore):
     def checkpoint(self, consumer: str) -> dict[int, int]:
         """The consumer's checkpoint, after finishing every commit of it that is in doubt (a staged
         commit whose writer died, or a failed commit of this instance): a runner that resumes from
-        the answer finds exactly the rows of the commits it covers."""
+        the answer finds exactly the rows of the commits it covers.
+
+        "In doubt" is every sealed commit this instance is not writing right now, so a commit that
+        another *live* instance is still finishing (say, the previous owner of a partition during
+        a faust rebalance) is finished here too. That is deliberate: the store cannot tell a dead
+        writer from a slow one without heartbeats, and finishing twice is harmless, since the
+        roll-forward rewrites the same rows with the commit's own write timestamp and the
+        checkpoint only moves forward (`max`). It costs the redundant writes and a warning."""
         self._check_open()
         try:
             doubtful_slots = self._resolve_doubtful_batches(consumer)
