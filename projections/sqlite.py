@@ -23,7 +23,8 @@ A *bulk-load* store (`SqliteStore(url, bulk=True)`) is for filling a new file no
 the load ends, such as the scratch file `labelweave rebuild` replays into: bigger pages, an
 in-memory rollback journal instead of the WAL, and no fsync per commit (one at `close()`). A crash
 meanwhile can leave the file unusable, which is fine for a scratch file that is then discarded.
-Opened again without `bulk`, the file turns to WAL mode as any store.
+Opened again without `bulk`, the file turns to WAL mode as any store. A file already in WAL mode
+keeps it and its syncs; only the bigger page cache applies.
 """
 
 from __future__ import annotations
@@ -111,11 +112,13 @@ class SqliteStore(ProjectionStore):
         self._writer = self._connect()
         if bulk:
             self._writer.execute(f"PRAGMA page_size={_BULK_PAGE_SIZE}")  # only a new file takes it
-            self._writer.execute("PRAGMA synchronous=OFF")
             self._writer.execute(f"PRAGMA cache_size={_BULK_CACHE_KIB}")
             mode = self._writer.execute("PRAGMA journal_mode").fetchone()[0]
-            if str(mode).lower() != "wal":  # a WAL file stays one: leaving WAL needs it to ourselves
+            # A WAL file (a live store, say) stays one, with its usual syncs: leaving WAL needs
+            # the file to ourselves, and its WAL would not be synced by close().
+            if str(mode).lower() != "wal":
                 self._writer.execute("PRAGMA journal_mode=MEMORY")
+                self._writer.execute("PRAGMA synchronous=OFF")
         else:
             self._writer.execute("PRAGMA journal_mode=WAL")
         self._writer.executescript(_SCHEMA)

@@ -195,6 +195,7 @@ def test_a_bulk_load_store_skips_the_wal_and_turns_to_wal_when_opened_again(tmp_
     live = SqliteStore(url, bulk=True)
     try:
         assert live._writer.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+        assert live._writer.execute("PRAGMA synchronous").fetchone()[0] == 1  # NORMAL, as live
         assert live.get("c", "p") == {"v": 1}
     finally:
         live.close()
