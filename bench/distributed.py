@@ -55,8 +55,9 @@ from typing import Any
 
 from google.protobuf.message import Message
 
+from bench.common import ANNOTATION, BenchError
 from bench.report import host_notes, loadavg, render_errors, render_header, render_rows, say, thousands
-from coordinator._pb.labelweave.events.v1 import annotation_pb2, events_pb2, model_pb2
+from coordinator._pb.labelweave.events.v1 import events_pb2, model_pb2
 from coordinator.errors import LabelweaveError
 from coordinator.eventlog import codec
 from coordinator.eventlog.base import AppendRequest
@@ -81,16 +82,6 @@ T0 = datetime(2026, 1, 5, 9, 0, tzinfo=UTC)
 TARGET_APPEND_RATIO = 0.50
 TARGET_REBUILD_RATIO = 0.30
 TARGET_REBUILD_EVENTS_PER_S = 5_000.0
-
-ANNOTATION = annotation_pb2.Annotation(
-    shapes=[
-        annotation_pb2.Shape(label="car", box=annotation_pb2.BoundingBox(x=10, y=20, width=100, height=50))
-    ]
-)
-
-
-class BenchError(Exception):
-    """Something broke (as opposed to a goal being missed)."""
 
 
 # ---------------------------------------------------------------------- small helpers

@@ -46,9 +46,10 @@ from types import FrameType
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from bench.common import ANNOTATION, BenchError
 from bench.report import host_notes, loadavg, render_errors, render_header, render_rows, say, thousands
 from coordinator._pb.labelweave.api.v1 import api_pb2, api_pb2_grpc
-from coordinator._pb.labelweave.events.v1 import annotation_pb2, model_pb2
+from coordinator._pb.labelweave.events.v1 import model_pb2
 from coordinator.client import error_code, translate_error
 from coordinator.eventlog import codec
 from coordinator.testing import sample_schema
@@ -65,16 +66,6 @@ TARGET_SUBMITS_PER_S = 1_500.0
 TARGET_NEXT_P99_MS = 20.0
 TARGET_NEXT_P99_GROWTH = 1.5
 TARGET_REBUILD_EVENTS_PER_S = 20_000.0
-
-ANNOTATION = annotation_pb2.Annotation(
-    shapes=[
-        annotation_pb2.Shape(label="car", box=annotation_pb2.BoundingBox(x=10, y=20, width=100, height=50))
-    ]
-)
-
-
-class BenchError(Exception):
-    """Something broke (as opposed to a target being missed)."""
 
 
 # ---------------------------------------------------------------------- small helpers
