@@ -49,7 +49,7 @@ from google.protobuf import json_format
 from google.protobuf.message import Message
 
 from coordinator._pb.labelweave.events.v1 import annotation_pb2, consensus_pb2, events_pb2, model_pb2
-from coordinator.domain.gold import EXACT_KINDS, OKS_KINDS, Scoring, _similarity
+from coordinator.domain.gold import EXACT_KINDS, OKS_KINDS, Scoring, symmetric_similarity
 from coordinator.domain.review import next_stage, sample_point, stage_name
 from coordinator.errors import InvalidArgument
 
@@ -294,11 +294,7 @@ def _similarities(kind: str, items: Sequence[_Item], scoring: Scoring) -> list[l
         for j in range(i + 1, n):
             if items[i].contributor == items[j].contributor:
                 continue
-            a, b = items[i].shape, items[j].shape
-            value = _similarity(kind, a, b, scoring)
-            if kind in OKS_KINDS:
-                value = (value + _similarity(kind, b, a, scoring)) / 2.0
-            sim[i][j] = sim[j][i] = value
+            sim[i][j] = sim[j][i] = symmetric_similarity(kind, items[i].shape, items[j].shape, scoring)
     return sim
 
 

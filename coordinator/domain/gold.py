@@ -283,7 +283,7 @@ def _match(
         for j, g in enumerate(given):
             if g.WhichOneof("geometry") != kind or not _attributes_match(k, g):
                 continue
-            sim = _similarity(kind or "", k, g, scoring)
+            sim = similarity(kind or "", k, g, scoring)
             if sim >= threshold:
                 candidates.append((-sim, i, j))
     return greedy_pairs(candidates)
@@ -319,7 +319,20 @@ def _attributes_match(known: annotation_pb2.Shape, given: annotation_pb2.Shape) 
     return True
 
 
-def _similarity(kind: str, k: annotation_pb2.Shape, g: annotation_pb2.Shape, scoring: Scoring) -> float:
+def symmetric_similarity(
+    kind: str, a: annotation_pb2.Shape, b: annotation_pb2.Shape, scoring: Scoring
+) -> float:
+    """`similarity` of two peers' shapes (neither is the answer): OKS, asymmetric because its
+    area and sigmas follow the first shape, is averaged over both directions."""
+    value = similarity(kind, a, b, scoring)
+    if kind in OKS_KINDS:
+        value = (value + similarity(kind, b, a, scoring)) / 2.0
+    return value
+
+
+def similarity(kind: str, k: annotation_pb2.Shape, g: annotation_pb2.Shape, scoring: Scoring) -> float:
+    """IoU of a shape `k` with the answer `g` (OKS for keypoints, exact for texts); 0 when the
+    geometry cannot be compared."""
     fn = _SIMILARITY.get(kind)
     if fn is None:
         return 0.0  # never in a known answer (refused at import)

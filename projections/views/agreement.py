@@ -45,27 +45,15 @@ from collections import Counter
 from typing import Any, Final
 
 from coordinator._pb.labelweave.events.v1 import annotation_pb2
-from coordinator.domain.gold import OKS_KINDS, Scoring, _similarity, greedy_pairs
+from coordinator.domain.gold import OKS_KINDS, SCOREABLE, Scoring, greedy_pairs, symmetric_similarity
 from coordinator.eventlog.base import RecordedEvent
 from projections.base import SHARD_SEP, Doc, ViewTx, shard_of
 from projections.views.taskstate import imported_of, payload_kind
 
 SEP: Final = "\x1f"
 PROJECT_KEY: Final = "project"
-SHAPE_KINDS: Final = frozenset(
-    {
-        "box",
-        "rotated_box",
-        "polygon",
-        "multipolygon",
-        "instance_mask",
-        "point_labels",
-        "keypoints",
-        "skeleton",
-        "text",
-        "text_span",
-    }
-)
+SHAPE_KINDS: Final = SCOREABLE - {"classification"}
+"""Geometry kinds matched shape by shape; a classification is the item's category instead."""
 _SCORING: Final = Scoring()
 
 
@@ -84,10 +72,7 @@ def category_of(annotation: annotation_pb2.Annotation) -> str | None:
 
 def similarity(kind: str, a: annotation_pb2.Shape, b: annotation_pb2.Shape) -> float:
     """IoU (OKS for keypoints, averaged over both directions; exact for texts) of two shapes."""
-    value = float(_similarity(kind, a, b, _SCORING))
-    if kind in OKS_KINDS:
-        value = (value + float(_similarity(kind, b, a, _SCORING))) / 2.0
-    return value
+    return symmetric_similarity(kind, a, b, _SCORING)
 
 
 def match(
