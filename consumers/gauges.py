@@ -53,7 +53,6 @@ class ProjectionGauges:
     ) -> None:
         from datetime import UTC, datetime
 
-        from coordinator.domain.planning import sla_risks
         from projections import planning_queries
         from projections.review_queries import stage_backlog
         from projections.views.throughput import ANNOTATE
@@ -87,9 +86,8 @@ class ProjectionGauges:
         self._sla_at = tick
         at_risk: dict[str, int] = {}
         for project in planning_queries.projects_with_deadlines(store):
-            tasks = planning_queries.open_deadline_tasks(store, project)
-            workers = planning_queries.workers(store, project)
-            at_risk[project] = sum(1 for a in sla_risks(tasks, workers, now) if a.at_risk)
+            assessed = planning_queries.sla_assessments(store, project, now)
+            at_risk[project] = sum(1 for a in assessed if a.at_risk)
         for project in self._sla_projects - at_risk.keys():
             m.sla_at_risk_tasks.labels(project).set(0)
         for project, n in at_risk.items():

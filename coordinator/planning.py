@@ -105,11 +105,6 @@ class Planning:
 
     # ------------------------------------------------------------------ SLA risk
 
-    def sla_assessments(self, project_id: str, now: datetime) -> list[P.SlaAssessment]:
-        tasks = planning_queries.open_deadline_tasks(self.store, project_id)
-        workers = planning_queries.workers(self.store, project_id)
-        return P.sla_risks(tasks, workers, now)
-
     def list_sla_risks(
         self, who: Principal, req: planning_pb2.ListSlaRisksRequest
     ) -> planning_pb2.ListSlaRisksResponse:
@@ -122,7 +117,7 @@ class Planning:
                 raise InvalidArgument("not a page token of ListSlaRisks", field="page_token")
             after = (int(ms), task_id)
         now = self._now()
-        assessed = self.sla_assessments(project.project_id, now)
+        assessed = planning_queries.sla_assessments(self.store, project.project_id, now)
         shown = [a for a in assessed if a.at_risk or req.include_safe]
         if after is not None:
             shown = [a for a in shown if (planning_queries.ms_of(a.deadline), a.task_id) > after]

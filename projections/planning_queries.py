@@ -15,7 +15,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any, Final
 
 from coordinator._pb.labelweave.events.v1 import model_pb2
-from coordinator.domain.planning import Bucket, OpenTask, Worker
+from coordinator.domain.planning import Bucket, OpenTask, SlaAssessment, Worker, sla_risks
 from coordinator.domain.schedule import WorkSchedule, schedule_from_spec
 from coordinator.errors import InvalidArgument
 from projections import queries
@@ -127,6 +127,12 @@ def open_deadline_tasks(
         )
         for _, doc in store.scan("plan_deadlines", project_id, limit=limit)
     ]
+
+
+def sla_assessments(store: ProjectionStore, project_id: str, now: datetime) -> list[SlaAssessment]:
+    """Every open task with a deadline of the project, planned against its workers' coming
+    shifts (`coordinator.domain.planning.sla_risks`): the SLA-risk list and gauge both read this."""
+    return sla_risks(open_deadline_tasks(store, project_id), workers(store, project_id), now)
 
 
 def remaining_slots(store: ProjectionStore, project_id: str) -> int:
