@@ -14,7 +14,7 @@ from projections import queries
 from projections.base import Doc
 
 from .conftest import Env, assert_rebuild_matches
-from .test_review_pipeline import Crew, box, pipeline_settings
+from .test_review_pipeline import Crew, box, pipeline_settings, review_crew
 
 
 @pytest.fixture
@@ -25,18 +25,7 @@ def env(both_env: Env) -> Env:
 
 @pytest.fixture
 def crew(env: Env) -> Crew:
-    people = {
-        "ann": env.person("ann", M.ROLE_ANNOTATOR),
-        "bob": env.person("bob", M.ROLE_ANNOTATOR),
-        "rev": env.person("rev", M.ROLE_REVIEWER),
-        "qa": env.person("qa", M.ROLE_QA),
-        "exp": env.person("exp", M.ROLE_EXPERT),
-        "mgr": env.person("mgr", M.ROLE_MANAGER),
-    }
-    env.project("p1", members=tuple(people))
-    c = Crew(env, **people)
-    c.settings(pipeline_settings())  # peer review, then expert resolution (disputes only)
-    return c
+    return review_crew(env, pipeline_settings())  # peer review, then expert resolution (disputes only)
 
 
 def rejected_and_disputed(crew: Crew, tag: str) -> tuple[str, str, str]:

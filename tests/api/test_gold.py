@@ -135,8 +135,8 @@ class Crew:
         return self.stream(f"task:{task_id}")[0].type == "gold_task_imported"
 
 
-@pytest.fixture
-def crew(env: Env) -> Crew:
+def gold_crew(env: Env) -> Crew:
+    """Two annotators, a manager, a QA and a reviewer, all members of project p1."""
     people = {
         "ann": env.person("ann", M.ROLE_ANNOTATOR),
         "bob": env.person("bob", M.ROLE_ANNOTATOR),
@@ -146,6 +146,11 @@ def crew(env: Env) -> Crew:
     }
     env.project("p1", members=tuple(people))
     return Crew(env, **people)
+
+
+@pytest.fixture
+def crew(env: Env) -> Crew:
+    return gold_crew(env)
 
 
 def no_answer_in(messages: Iterable[Message]) -> None:

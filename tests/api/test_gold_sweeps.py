@@ -23,7 +23,7 @@ from coordinator.gold_reconcile import GoldReconciler, gold_command_id
 from projections import planning_queries, queries
 
 from .conftest import Env, assert_rebuild_matches, image_task
-from .test_gold import QUALIFIED, RIGHT, WRONG, Crew, gold_task, policy, qualify
+from .test_gold import QUALIFIED, RIGHT, WRONG, Crew, gold_crew, gold_task, policy, qualify
 
 
 @pytest.fixture
@@ -34,15 +34,7 @@ def env(both_env: Env) -> Env:
 
 @pytest.fixture
 def crew(env: Env) -> Crew:
-    people = {
-        "ann": env.person("ann", M.ROLE_ANNOTATOR),
-        "bob": env.person("bob", M.ROLE_ANNOTATOR),
-        "mgr": env.person("mgr", M.ROLE_MANAGER),
-        "qa": env.person("qa", M.ROLE_QA),
-        "rev": env.person("rev", M.ROLE_REVIEWER),
-    }
-    env.project("p1", members=tuple(people))
-    return Crew(env, **people)
+    return gold_crew(env)
 
 
 def wait_for(what: str, pred: Callable[[], bool], timeout: float = 30.0) -> None:

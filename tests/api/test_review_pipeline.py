@@ -142,8 +142,9 @@ class Crew:
         return [ev.envelope for ev in self.env.server.app.log.read_stream(f"task:{task_id}")]
 
 
-@pytest.fixture
-def crew(env: Env) -> Crew:
+def review_crew(env: Env, settings: M.ProjectSettings) -> Crew:
+    """Two annotators, a reviewer, a QA, an expert and a manager, all members of project p1,
+    whose review pipeline is set to `settings`."""
     people = {
         "ann": env.person("ann", M.ROLE_ANNOTATOR),
         "bob": env.person("bob", M.ROLE_ANNOTATOR),
@@ -154,8 +155,13 @@ def crew(env: Env) -> Crew:
     }
     env.project("p1", members=tuple(people))
     c = Crew(env, **people)
-    c.settings(pipeline_settings(qa_stage(0.0, ((1.0, 1.0),), min_verdicts=1)))
+    c.settings(settings)
     return c
+
+
+@pytest.fixture
+def crew(env: Env) -> Crew:
+    return review_crew(env, pipeline_settings(qa_stage(0.0, ((1.0, 1.0),), min_verdicts=1)))
 
 
 # ------------------------------------------------------------------ the three layers
