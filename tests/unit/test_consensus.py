@@ -21,7 +21,6 @@ from coordinator.domain.commands import (
     LeaseTask,
     ReopenTask,
     SubmitAnnotation,
-    TaskCommand,
 )
 from coordinator.domain.consensus import (
     Consensus,
@@ -32,8 +31,9 @@ from coordinator.domain.consensus import (
 )
 from coordinator.domain.project import decide_project
 from coordinator.domain.review import resolve_pipeline
-from coordinator.domain.task import TaskState, decide_task, evolve_task
+from coordinator.domain.task import TaskState
 from coordinator.errors import InvalidArgument
+from tests.unit.test_review_domain import run
 
 T0 = datetime(2026, 3, 2, 10, 0, tzinfo=UTC)
 POLICY = Consensus()
@@ -222,15 +222,6 @@ def test_defaults_resolve_and_zero_min_agreement_never_escalates() -> None:
 
 
 # ------------------------------------------------------------------ the task's decision
-
-
-def run(state: TaskState | None, cmd: TaskCommand) -> tuple[list[Message], TaskState]:
-    events = decide_task(state, cmd)
-    new = state
-    for e in events:
-        new = evolve_task(new, e)
-    assert new is not None
-    return events, new
 
 
 def task(overlap: int = 3, settings: M.ProjectSettings | None = None) -> TaskState:

@@ -53,7 +53,7 @@ def refused(state: aggregates.State | None, cmd: Cmd, kind: type[LabelweaveError
     with pytest.raises(kind) as info:
         aggregates.decide(state, cmd)
     assert type(info.value) is kind
-    assert info.value.field == field
+    assert info.value.field == field, info.value.message
     return info.value.message
 
 

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 
-import pytest
 from google.protobuf.message import Message
 
 from coordinator._pb.labelweave.events.v1 import events_pb2, model_pb2
@@ -18,9 +17,7 @@ from coordinator.domain.commands import (
     AnswerQuestion,
     AskQuestion,
     CreateProject,
-    PersonCommand,
     PostAnnouncement,
-    ProjectCommand,
     PromoteAnswer,
     PublishGuideline,
     RegisterPerson,
@@ -32,7 +29,6 @@ from coordinator.errors import (
     AlreadyExists,
     FailedPrecondition,
     InvalidArgument,
-    LabelweaveError,
     NotFound,
     PermissionDenied,
 )
@@ -42,25 +38,7 @@ from projections import guidance_queries
 from projections.base import StagedTx
 from projections.memory import MemoryStore
 from projections.views.guidance import GuidanceView
-
-Cmd = ProjectCommand | PersonCommand
-
-
-def run(state: aggregates.State | None, cmd: Cmd) -> tuple[list[Message], aggregates.State]:
-    events = aggregates.decide(state, cmd)
-    new = state
-    for e in events:
-        new = aggregates.evolve(new, e)
-    assert new is not None
-    return events, new
-
-
-def refused(state: aggregates.State | None, cmd: Cmd, kind: type[LabelweaveError], field: str = "") -> str:
-    with pytest.raises(kind) as info:
-        aggregates.decide(state, cmd)
-    assert type(info.value) is kind
-    assert info.value.field == field, info.value.message
-    return info.value.message
+from tests.unit.test_domain_project_person import refused, run
 
 
 def section(section_id: str, title: str = "T", **kw: object) -> GE.GuidelineSection:

@@ -8,10 +8,8 @@ from dataclasses import replace
 from datetime import UTC, datetime
 
 import pytest
-from google.protobuf.message import Message
 
 from coordinator._pb.labelweave.events.v1 import controls_pb2, events_pb2, model_pb2
-from coordinator.domain import aggregates
 from coordinator.domain.commands import (
     AssignTask,
     Candidate,
@@ -31,29 +29,12 @@ from coordinator.domain.project import ProjectState
 from coordinator.domain.task import TaskState
 from coordinator.errors import FailedPrecondition, InvalidArgument, LabelweaveError, NotFound
 from projections import manager_queries, queries
+from tests.unit.test_gold_domain import refused, run
 from tests.unit.test_views import PROJECT, Script
 
 T0 = datetime(2026, 1, 5, 9, 0, tzinfo=UTC)
 ALICE = Candidate("alice", frozenset({"lidar"}))
 BOB = Candidate("bob", frozenset())
-
-
-def run(state: aggregates.State | None, cmd: aggregates.Command) -> tuple[list[Message], aggregates.State]:
-    events = aggregates.decide(state, cmd)
-    new = state
-    for event in events:
-        new = aggregates.evolve(new, event)
-    assert new is not None
-    return events, new
-
-
-def refused(
-    state: aggregates.State | None, cmd: aggregates.Command, kind: type[LabelweaveError], field: str
-) -> str:
-    with pytest.raises(kind) as err:
-        aggregates.decide(state, cmd)
-    assert err.value.field == field
-    return str(err.value)
 
 
 def task(*, skills: Sequence[str] = (), overlap: int = 1, priority: int = 0) -> TaskState:
