@@ -170,15 +170,15 @@ class Application:
         workers = workers or min(os.cpu_count() or 1, 4)
         log_url = self.settings.resolved_event_log_url
         by_views = workers > 1 and log_url.startswith("sqlite:") and target_url.startswith("sqlite:")
+        if by_views:
+            from consumers.rebuild_views import rebuild_by_views
+
+            # Into the new file, which its processes open for a bulk load: opened here first, it
+            # would already be a WAL database and load as slowly as a live one.
+            result = rebuild_by_views(log_url, target_url, workers=workers)
         target = open_store(target_url)
         try:
-            if by_views:
-                from consumers.rebuild_views import rebuild_by_views
-
-                target.close()
-                result = rebuild_by_views(log_url, target_url, workers=workers)
-                target = open_store(target_url)
-            else:
+            if not by_views:
                 result = rebuild(self.log, target)
             seconds = result.seconds  # replay and commit only; the checksum is reported apart
             self.runner.catch_up()
